@@ -1,0 +1,38 @@
+"""Boundary detectors: each returns an int64 ``[B, N + 1]`` boundary tensor (see ``boundaries``)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..config import DHSAConfig
+from .boundaries import check_boundaries, chunk_ids, pad_boundaries, split_long
+from .fixed import fixed_boundaries
+from .similarity import similarity_boundaries
+
+
+def compute_boundaries(k: Tensor, config: DHSAConfig) -> Tensor:
+    """Boundaries of the keys ``k [B, Hkv, L, D]`` by ``config.chunker``."""
+    batch, length = k.shape[0], k.shape[2]
+    if config.chunker == "fixed":
+        return fixed_boundaries(batch, length, config.chunk_size, k.device)
+    if config.chunker == "similarity":
+        return similarity_boundaries(
+            k,
+            window=config.boundary_window,
+            z=config.boundary_z,
+            min_chunk=config.min_chunk,
+            max_chunk=config.max_chunk,
+            max_chunks=config.max_chunks,
+        )
+    raise ValueError(f"chunker {config.chunker!r} is not available in this build")
+
+
+__all__ = [
+    "check_boundaries",
+    "chunk_ids",
+    "compute_boundaries",
+    "fixed_boundaries",
+    "pad_boundaries",
+    "similarity_boundaries",
+    "split_long",
+]

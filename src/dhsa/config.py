@@ -1,0 +1,115 @@
+"""The one configuration object of dhsa: frozen, typed, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+CHUNKERS = ("similarity", "fixed", "learned")
+
+
+def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"DHSAConfig.{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"DHSAConfig.{name}={value} is out of range: allowed {allowed}")
+
+
+def _require_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"DHSAConfig.{name} must be a number, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class DHSAConfig:
+    """How sparse attention selects keys.
+
+    Every query keeps at most ``budget`` key tokens: the first ``sink`` tokens, the local window
+    (its own query block of ``query_block`` tokens plus the ``local`` tokens before it) and, with
+    what is left, whole key chunks in descending score. Sequences shorter than ``min_length`` keys
+    run dense attention (sparse selection cannot pay for itself there).
+
+    Chunking (``chunker``):
+      - ``"similarity"``: boundaries where the mean key of the ``boundary_window`` tokens before a
+        position differs from the mean of the ones after it (cosine shift) by more than
+        ``boundary_z`` standard deviations above the sequence's mean shift; chunks are between
+        ``min_chunk`` and ``max_chunk`` tokens, at most ``max_chunks`` of them.
+      - ``"fixed"``: every ``chunk_size`` tokens.
+      - ``"learned"``: the boundary predictor stored at ``predictor``.
+
+    ``tile_elements`` bounds the torch backend's float32 logits per tile (its peak extra memory).
+
+    ``share_boundaries``: in a model, compute boundaries once (first sparse layer) and reuse them in
+    every layer, instead of once per layer.
+    """
+
+    budget: int = 2048
+    sink: int = 64
+    local: int = 128
+    query_block: int = 64
+    chunker: str = "similarity"
+    chunk_size: int = 64
+    min_chunk: int = 8
+    max_chunk: int = 128
+    max_chunks: int | None = None
+    boundary_window: int = 4
+    boundary_z: float = 1.0
+    share_boundaries: bool = True
+    min_length: int = 4096
+    predictor: str | None = None
+    tile_elements: int = 1 << 22
+
+    def __post_init__(self) -> None:
+        _require_int("budget", self.budget, 1)
+        _require_int("sink", self.sink, 0)
+        _require_int("local", self.local, 0)
+        _require_int("query_block", self.query_block, 1, 4096)
+        _require_int("chunk_size", self.chunk_size, 1)
+        _require_int("min_chunk", self.min_chunk, 1)
+        _require_int("max_chunk", self.max_chunk, 1)
+        _require_int("boundary_window", self.boundary_window, 1, 1024)
+        _require_int("min_length", self.min_length, 0)
+        _require_int("tile_elements", self.tile_elements, 1 << 12)
+        _require_float("boundary_z", self.boundary_z)
+        if self.max_chunks is not None:
+            _require_int("max_chunks", self.max_chunks, 1)
+        if not isinstance(self.share_boundaries, bool):
+            raise TypeError("DHSAConfig.share_boundaries must be a bool")
+        if self.chunker not in CHUNKERS:
+            raise ValueError(f"DHSAConfig.chunker={self.chunker!r} is unknown: allowed {CHUNKERS}")
+        if self.min_chunk > self.max_chunk:
+            raise ValueError(
+                f"DHSAConfig.min_chunk={self.min_chunk} exceeds max_chunk={self.max_chunk}"
+            )
+        fixed = self.sink + self.local + self.query_block
+        if self.budget < fixed:
+            raise ValueError(
+                f"DHSAConfig.budget={self.budget} is smaller than the fixed part every query keeps: "
+                f"sink ({self.sink}) + local ({self.local}) + query_block ({self.query_block}) "
+                f"= {fixed}; raise the budget or shrink sink/local"
+            )
+        if self.chunker == "learned" and not self.predictor:
+            raise ValueError(
+                "DHSAConfig.chunker='learned' needs predictor=PATH to a trained boundary predictor"
+            )
+
+    def replace(self, **changes: Any) -> DHSAConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> DHSAConfig:
+        """A named starting point: ``"default"``, ``"budget1024"``, ``"budget4096"``, ``"fixed"``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown DHSAConfig preset {name!r}: allowed {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **changes)
+
+
+PRESETS: dict[str, DHSAConfig] = {
+    "default": DHSAConfig(),
+    "budget1024": DHSAConfig(budget=1024),
+    "budget4096": DHSAConfig(budget=4096),
+    "fixed": DHSAConfig(chunker="fixed"),
+}

@@ -1,0 +1,84 @@
+"""Backend choice and the one call every backend sits behind."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+from ..layout import Layout
+from ..validation import check_qkv, check_scale, check_softcap
+from .reference import attend_reference
+from .torch_tiled import attend_torch
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+
+
+def triton_available(device: torch.device) -> bool:
+    """True when the Triton backend can run on ``device`` (CUDA, triton importable)."""
+    if device.type != "cuda":
+        return False
+    try:
+        importlib.import_module("dhsa.kernels.triton_prefill")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for ``backend`` on ``device``; ValueError if it cannot run there."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: allowed {BACKENDS}")
+    if backend == "auto":
+        return "triton" if triton_available(device) else "torch"
+    if backend == "triton" and not triton_available(device):
+        raise ValueError(
+            f"backend 'triton' needs CUDA tensors and an importable triton; got device {device}"
+        )
+    return backend
+
+
+def check_layout(q: Tensor, k: Tensor, layout: Layout) -> None:
+    """ValueError unless ``layout`` describes these tensors' geometry."""
+    geometry = (q.shape[0], k.shape[1], q.shape[2], k.shape[2])
+    expected = (layout.batch, layout.kv_heads, layout.q_len, layout.k_len)
+    if geometry != expected:
+        raise ValueError(
+            f"layout is for (B, Hkv, Lq, Lk) = {expected}, tensors give {geometry}"
+        )
+    if layout.device != q.device:
+        raise ValueError(f"layout is on {layout.device}, tensors on {q.device}")
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: Layout,
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
+    backend: str = "auto",
+    tile_elements: int = 1 << 22,
+) -> Tensor:
+    """Exact softmax attention of every query over the keys its layout row selects.
+
+    ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` (GQA: query head ``h`` reads KV head
+    ``h // (Hq // Hkv)``), queries being the last ``Lq`` key positions. ``scale`` defaults to
+    ``1 / sqrt(D)``; ``softcap`` applies ``softcap * tanh(logit / softcap)``. Returns
+    ``[B, Hq, Lq, D]`` in ``q.dtype``. ``tile_elements`` bounds the torch backend's logits tile.
+    """
+    check_qkv(q, k, v)
+    check_layout(q, k, layout)
+    scale = check_scale(scale, q.shape[-1])
+    softcap = check_softcap(softcap)
+    name = resolve_backend(backend, q.device)
+    if name == "reference":
+        return attend_reference(q, k, v, layout, scale=scale, softcap=softcap)
+    if name == "torch":
+        return attend_torch(
+            q, k, v, layout, scale=scale, softcap=softcap, tile_elements=tile_elements
+        )
+    triton_prefill = importlib.import_module("dhsa.kernels.triton_prefill")
+    return triton_prefill.attend_triton(q, k, v, layout, scale=scale, softcap=softcap)

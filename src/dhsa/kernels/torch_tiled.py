@@ -1,0 +1,122 @@
+"""The tiled torch backend: runs on CPU and any GPU, memory bounded by a tile budget.
+
+Per tile of layout rows (``(batch, kv_head, query_block)``), the keys of each row's spans are
+gathered into a padded ``[rows, width, D]`` block, and the row's ``G * query_block`` queries (all
+query heads of the KV group: one gather serves the group, K/V are never repeated) attend to them
+with an exact masked softmax. No tensor is ever ``L x L``: the largest is the tile's
+``[rows, G * query_block, width]`` logits, kept under ``tile_elements``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..layout import Layout
+
+
+def _rows_of_queries(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
+    """``[B, Hq, Lq, D]`` -> ``[rows, G * query_block, D]`` in layout row order (zero padded)."""
+    batch, q_heads, q_len, dim = q.shape
+    group = q_heads // kv_heads
+    num_blocks = -(-q_len // query_block)
+    grouped = q.view(batch, kv_heads, group, q_len, dim)
+    grouped = F.pad(grouped, (0, 0, 0, num_blocks * query_block - q_len))
+    grouped = grouped.view(batch, kv_heads, group, num_blocks, query_block, dim)
+    return grouped.permute(0, 1, 3, 2, 4, 5).reshape(-1, group * query_block, dim)
+
+
+def _queries_of_rows(rows: Tensor, batch: int, q_heads: int, q_len: int, kv_heads: int) -> Tensor:
+    """Inverse of :func:`_rows_of_queries`."""
+    group = q_heads // kv_heads
+    dim = rows.shape[-1]
+    query_block = rows.shape[1] // group
+    num_blocks = rows.shape[0] // (batch * kv_heads)
+    out = rows.view(batch, kv_heads, num_blocks, group, query_block, dim).permute(0, 1, 3, 2, 4, 5)
+    out = out.reshape(batch, q_heads, num_blocks * query_block, dim)
+    return out[:, :, :q_len]
+
+
+def _gather_positions(layout: Layout, r0: int, r1: int, keys_per_row: Tensor):
+    """Key positions ``[r1 - r0, width]`` of rows ``r0:r1`` (padding: -1) and each key's span."""
+    lo, hi = int(layout.offsets[r0]), int(layout.offsets[r1])
+    device = layout.device
+    starts = layout.starts[lo:hi].long()
+    lengths = layout.ends[lo:hi].long() - starts
+    span_rows = torch.repeat_interleave(
+        torch.arange(r1 - r0, device=device), layout.offsets[r0 + 1 : r1 + 1] - layout.offsets[r0:r1]
+    )
+    counts = keys_per_row[r0:r1]
+    width = max(int(counts.max()), 1) if counts.numel() else 1
+    total = int(lengths.sum())
+    span_of_key = torch.repeat_interleave(
+        torch.arange(hi - lo, device=device), lengths, output_size=total
+    )
+    first_key_of_span = torch.cumsum(lengths, 0) - lengths
+    flat = torch.arange(total, device=device)
+    positions = starts[span_of_key] + (flat - first_key_of_span[span_of_key])
+    row_of_key = span_rows[span_of_key]
+    first_key_of_row = torch.cumsum(counts, 0) - counts
+    column = flat - first_key_of_row[row_of_key]
+    grid = torch.full((r1 - r0, width), -1, dtype=torch.int64, device=device)
+    grid[row_of_key, column] = positions
+    spans = torch.full((r1 - r0, width), -1, dtype=torch.int64, device=device)
+    spans[row_of_key, column] = span_of_key + lo
+    return grid, spans
+
+
+def attend_torch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: Layout,
+    *,
+    scale: float,
+    softcap: float | None = None,
+    tile_elements: int = 1 << 22,
+) -> Tensor:
+    """Exact attention of ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]`` within ``layout``.
+
+    Same semantics as :func:`dhsa.kernels.reference.attend_reference`. Logits and softmax are
+    float32; matrix products run in float32 on CPU and in the input dtype on GPU. Peak extra
+    memory is about ``tile_elements`` float32 logits plus the gathered K/V of one tile.
+    """
+    batch, q_heads, q_len, dim = q.shape
+    kv_heads, k_len = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    bq = layout.query_block
+    num_blocks = layout.num_q_blocks
+    compute = torch.float32 if q.device.type == "cpu" else q.dtype
+    q_rows = _rows_of_queries(q, kv_heads, bq)
+    out_rows = torch.empty(q_rows.shape[0], group * bq, v.shape[-1], dtype=q.dtype, device=q.device)
+    k_flat = k.reshape(batch * kv_heads, k_len, dim)
+    v_flat = v.reshape(batch * kv_heads, k_len, v.shape[-1])
+    lengths = (layout.ends - layout.starts).long()
+    keys_per_row = torch.zeros(layout.num_rows, dtype=torch.int64, device=q.device)
+    keys_per_row.index_add_(0, layout.row_ids(), lengths)
+    widest = max(int(keys_per_row.max()), 1) if layout.num_rows else 1
+    tile = max(1, tile_elements // (group * bq * widest))
+    q_in_block = torch.arange(group * bq, device=q.device) % bq
+    for r0 in range(0, layout.num_rows, tile):
+        r1 = min(r0 + tile, layout.num_rows)
+        rows = torch.arange(r0, r1, device=q.device)
+        positions, span_of_key = _gather_positions(layout, r0, r1, keys_per_row)
+        present = positions >= 0
+        safe = positions.clamp(min=0)
+        head = (rows // num_blocks)[:, None]
+        keys = k_flat[head, safe].to(compute)
+        values = v_flat[head, safe].to(compute)
+        logits = torch.bmm(q_rows[r0:r1].to(compute), keys.transpose(1, 2)).float() * scale
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        if layout.span_bias is not None:
+            bias = layout.span_bias[span_of_key.clamp(min=0)].masked_fill(~present, 0.0)
+            logits = logits + bias[:, None, :]
+        q_pos = layout.q_offset + (rows % num_blocks)[:, None] * bq + q_in_block[None, :]
+        allowed = present[:, None, :] & layout.token_rule(q_pos[:, :, None], positions[:, None, :])
+        logits = logits.masked_fill(~allowed, -torch.inf)
+        any_key = allowed.any(dim=-1, keepdim=True)
+        probs = torch.softmax(logits.masked_fill(~any_key, 0.0), dim=-1) * any_key
+        out_rows[r0:r1] = torch.bmm(probs.to(compute), values).to(q.dtype)
+    return _queries_of_rows(out_rows, batch, q_heads, q_len, kv_heads)

@@ -1,0 +1,87 @@
+"""Budgeted greedy fill: whole chunks in descending score until each query block's budget is full.
+
+Every key token inherits its chunk's score, so the token-level top-``budget`` is this chunk-level
+fill: chunks are taken whole in score order, and the first chunk that no longer fits is cut to the
+tokens that do (its latest ones, nearest the queries). No ``L x L`` score matrix is ever formed:
+scores are ``[query blocks, chunks]``, computed a tile of query blocks at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..layout import Layout, merge_padded
+from .regions import BlockRegions
+
+
+class NonFiniteInputError(ValueError):
+    """Queries or keys hold NaN or Inf, so no selection can be trusted."""
+
+
+def greedy_layout(
+    q_rep: Tensor,
+    k_rep: Tensor,
+    bounds: Tensor,
+    regions: BlockRegions,
+    *,
+    budget: int,
+    q_len: int,
+    k_len: int,
+    query_block: int,
+    sliding_window: int | None,
+    tile_elements: int = 1 << 24,
+) -> Layout:
+    """Layout keeping sink + window + the best-scoring chunks within ``budget`` keys per block.
+
+    ``q_rep [B, Hkv, NQB, D]`` and ``k_rep [B, Hkv, N, D]`` (float32) are scored by dot product;
+    ``bounds [B, N + 1]`` gives each chunk's keys. Raises :class:`NonFiniteInputError` when a score
+    is NaN or Inf (some query or key was).
+    """
+    batch, kv_heads, num_blocks, _ = q_rep.shape
+    num_chunks = k_rep.shape[2]
+    chunk_lo = bounds[:, None, :-1]
+    chunk_hi = bounds[:, None, 1:]
+    fixed_starts, fixed_ends = regions.fixed_spans()
+    tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
+    rows, starts, ends = [], [], []
+    for q0 in range(0, num_blocks, tile):
+        q1 = min(q0 + tile, num_blocks)
+        scores = q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
+        if not bool(torch.isfinite(scores).all()):
+            raise NonFiniteInputError(
+                "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
+            )
+        lo = torch.maximum(chunk_lo, regions.candidate_start[q0:q1, None])
+        hi = torch.minimum(chunk_hi, regions.candidate_end[q0:q1, None])
+        cost = torch.clamp(hi - lo, min=0)[:, None].expand(-1, kv_heads, -1, -1)
+        scores = torch.where(cost > 0, scores, torch.full_like(scores, -torch.inf))
+        order = torch.argsort(scores, dim=-1, descending=True)
+        cost_sorted = cost.gather(-1, order)
+        before = cost_sorted.cumsum(-1) - cost_sorted
+        remaining = (budget - regions.fixed_cost[q0:q1])[None, None, :, None]
+        take_sorted = torch.minimum(torch.clamp(remaining - before, min=0), cost_sorted)
+        take = torch.zeros_like(take_sorted).scatter_(-1, order, take_sorted)
+        span_end = hi[:, None].expand_as(take)
+        shape = (batch, kv_heads, q1 - q0, 2)
+        tile_starts = torch.cat([fixed_starts[q0:q1].expand(shape), span_end - take], dim=-1)
+        tile_ends = torch.cat([fixed_ends[q0:q1].expand(shape), span_end], dim=-1)
+        counts, s, e, _ = merge_padded(
+            tile_starts.reshape(-1, num_chunks + 2), tile_ends.reshape(-1, num_chunks + 2), k_len
+        )
+        bh = torch.arange(batch * kv_heads, device=q_rep.device)[:, None]
+        global_rows = (bh * num_blocks + torch.arange(q0, q1, device=q_rep.device)).reshape(-1)
+        rows.append(torch.repeat_interleave(global_rows, counts, output_size=len(s)))
+        starts.append(s)
+        ends.append(e)
+    return Layout.from_row_spans(
+        torch.cat(rows),
+        torch.cat(starts),
+        torch.cat(ends),
+        batch=batch,
+        kv_heads=kv_heads,
+        q_len=q_len,
+        k_len=k_len,
+        query_block=query_block,
+        sliding_window=sliding_window,
+    )
