@@ -1,0 +1,60 @@
+"""PNG plots of recorded results. matplotlib is imported lazily (``pip install dhsa[plot]``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("plots need matplotlib: pip install 'dhsa[plot]'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lines(
+    records: list[dict],
+    *,
+    x: str,
+    panels: list[tuple[str, str]],
+    group: str,
+    path: str | Path,
+    title: str = "",
+    log_x: bool = True,
+    log_y: bool = False,
+) -> Path:
+    """One panel per ``(field, label)`` in ``panels``: ``field`` against ``x``, a line per ``group``.
+
+    Records missing a panel's field (or holding None there) are left out of that panel.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (field, label) in zip(axes[0], panels):
+        lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for record in records:
+            if record.get(field) is not None and record.get(x) is not None:
+                lines[str(record[group])].append((record[x], record[field]))
+        for name, points in sorted(lines.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        if log_x:
+            ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
