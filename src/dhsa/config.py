@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CHUNKERS = ("similarity", "fixed", "learned")
@@ -20,6 +21,16 @@ def _require_int(name: str, value: Any, low: int, high: int | None = None) -> No
 def _require_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"DHSAConfig.{name} must be a number, got {type(value).__name__}")
+
+
+def _require_float_in(name: str, value: Any, low: float, high: float, low_open: bool) -> None:
+    _require_float(name, value)
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(
+            f"DHSAConfig.{name}={value} is out of range: allowed {bracket}{low}, {high}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,16 @@ class DHSAConfig:
 
     ``share_boundaries``: in a model, compute boundaries once (first sparse layer) and reuse them in
     every layer, instead of once per layer.
+
+    ``predictor_threshold``: the learned chunker cuts where the predictor's logit exceeds it.
+
+    Peer methods:
+      - ``dash``: key blocks of ``dash_block`` tokens; block scores are multiplied by
+        ``dash_sparsity`` before the 1.5-entmax (larger: fewer blocks kept); ``dash_prior`` adds
+        the log of each kept block's entmax probability to its keys' logits.
+      - ``hip``: the hierarchical search ends on key blocks of ``hip_block`` tokens.
+      - ``vertical_slash``: ``vs_slash_share`` of the budget left after sink and local window goes
+        to diagonals (whole query blocks wide), the rest to single key columns.
     """
 
     budget: int = 2048
@@ -59,7 +80,7 @@ class DHSAConfig:
     share_boundaries: bool = True
     min_length: int = 4096
     predictor: str | None = None
-    tile_elements: int = 1 << 22
+    tile_elements: int = 1 << 20
 
     def __post_init__(self) -> None:
         _require_int("budget", self.budget, 1)
@@ -75,8 +96,14 @@ class DHSAConfig:
         _require_float("boundary_z", self.boundary_z)
         if self.max_chunks is not None:
             _require_int("max_chunks", self.max_chunks, 1)
-        if not isinstance(self.share_boundaries, bool):
-            raise TypeError("DHSAConfig.share_boundaries must be a bool")
+        _require_float("predictor_threshold", self.predictor_threshold)
+        _require_int("dash_block", self.dash_block, 1, 4096)
+        _require_float_in("dash_sparsity", self.dash_sparsity, 0.0, float("inf"), low_open=True)
+        _require_int("hip_block", self.hip_block, 1, 4096)
+        _require_float_in("vs_slash_share", self.vs_slash_share, 0.0, 1.0, low_open=False)
+        for flag in ("share_boundaries", "dash_prior"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"DHSAConfig.{flag} must be a bool")
         if self.chunker not in CHUNKERS:
             raise ValueError(f"DHSAConfig.chunker={self.chunker!r} is unknown: allowed {CHUNKERS}")
         if self.min_chunk > self.max_chunk:
@@ -93,6 +120,11 @@ class DHSAConfig:
         if self.chunker == "learned" and not self.predictor:
             raise ValueError(
                 "DHSAConfig.chunker='learned' needs predictor=PATH to a trained boundary predictor"
+            )
+        if self.predictor is not None and not Path(self.predictor).is_file():
+            raise FileNotFoundError(
+                f"DHSAConfig.predictor={self.predictor!r} is not a file: train one with "
+                "`dhsa train-predictor --model KEY --out FILE` and pass that FILE"
             )
 
     def replace(self, **changes: Any) -> DHSAConfig:

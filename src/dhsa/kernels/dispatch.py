@@ -60,7 +60,7 @@ def attend(
     scale: float | None = None,
     softcap: float | None = None,
     backend: str = "auto",
-    tile_elements: int = 1 << 22,
+    tile_elements: int = 1 << 20,
 ) -> Tensor:
     """Exact softmax attention of every query over the keys its layout row selects.
 

@@ -39,16 +39,29 @@ def _queries_of_rows(rows: Tensor, batch: int, q_heads: int, q_len: int, kv_head
 
 
 def _gather_positions(layout: Layout, r0: int, r1: int, keys_per_row: Tensor):
-    """Key positions ``[r1 - r0, width]`` of rows ``r0:r1`` (padding: -1) and each key's span."""
+    """Key columns of rows ``r0:r1``, arranged so causal masking touches few columns.
+
+    Returns ``(positions, spans, diagonal)``: int64 ``[rows, width]`` key positions (-1 = padding)
+    and the span of each key, and ``diagonal``, the number of leading columns that hold keys at or
+    after the row's query block start (the only ones a causal mask can hide from some query of the
+    block). The remaining columns hold the row's earlier keys, visible to every query of the block.
+    """
     lo, hi = int(layout.offsets[r0]), int(layout.offsets[r1])
     device = layout.device
     starts = layout.starts[lo:hi].long()
-    lengths = layout.ends[lo:hi].long() - starts
+    ends = layout.ends[lo:hi].long()
+    lengths = ends - starts
+    rows = r1 - r0
     span_rows = torch.repeat_interleave(
-        torch.arange(r1 - r0, device=device), layout.offsets[r0 + 1 : r1 + 1] - layout.offsets[r0:r1]
+        torch.arange(rows, device=device), layout.offsets[r0 + 1 : r1 + 1] - layout.offsets[r0:r1]
     )
+    block_start = layout.q_offset + ((torch.arange(r0, r1, device=device)) % layout.num_q_blocks
+                                     ) * layout.query_block
+    past_per_span = torch.clamp(torch.minimum(ends, block_start[span_rows]) - starts, min=0)
+    past = torch.zeros(rows, dtype=torch.int64, device=device).index_add_(0, span_rows, past_per_span)
     counts = keys_per_row[r0:r1]
-    width = max(int(counts.max()), 1) if counts.numel() else 1
+    diagonal = int((counts - past).max()) if rows else 0
+    width = max(diagonal + (int(past.max()) if rows else 0), 1)
     total = int(lengths.sum())
     span_of_key = torch.repeat_interleave(
         torch.arange(hi - lo, device=device), lengths, output_size=total
@@ -57,13 +70,14 @@ def _gather_positions(layout: Layout, r0: int, r1: int, keys_per_row: Tensor):
     flat = torch.arange(total, device=device)
     positions = starts[span_of_key] + (flat - first_key_of_span[span_of_key])
     row_of_key = span_rows[span_of_key]
-    first_key_of_row = torch.cumsum(counts, 0) - counts
-    column = flat - first_key_of_row[row_of_key]
-    grid = torch.full((r1 - r0, width), -1, dtype=torch.int64, device=device)
+    index_in_row = flat - (torch.cumsum(counts, 0) - counts)[row_of_key]
+    in_diagonal = index_in_row >= past[row_of_key]
+    column = torch.where(in_diagonal, index_in_row - past[row_of_key], diagonal + index_in_row)
+    grid = torch.full((rows, width), -1, dtype=torch.int64, device=device)
     grid[row_of_key, column] = positions
-    spans = torch.full((r1 - r0, width), -1, dtype=torch.int64, device=device)
+    spans = torch.full((rows, width), -1, dtype=torch.int64, device=device)
     spans[row_of_key, column] = span_of_key + lo
-    return grid, spans
+    return grid, spans, diagonal
 
 
 def attend_torch(
@@ -74,7 +88,7 @@ def attend_torch(
     *,
     scale: float,
     softcap: float | None = None,
-    tile_elements: int = 1 << 22,
+    tile_elements: int = 1 << 20,
 ) -> Tensor:
     """Exact attention of ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]`` within ``layout``.
 
@@ -101,22 +115,41 @@ def attend_torch(
     for r0 in range(0, layout.num_rows, tile):
         r1 = min(r0 + tile, layout.num_rows)
         rows = torch.arange(r0, r1, device=q.device)
-        positions, span_of_key = _gather_positions(layout, r0, r1, keys_per_row)
+        positions, span_of_key, diagonal = _gather_positions(layout, r0, r1, keys_per_row)
         present = positions >= 0
         safe = positions.clamp(min=0)
         head = (rows // num_blocks)[:, None]
         keys = k_flat[head, safe].to(compute)
         values = v_flat[head, safe].to(compute)
-        logits = torch.bmm(q_rows[r0:r1].to(compute), keys.transpose(1, 2)).float() * scale
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
+        column_bias = torch.zeros(present.shape, dtype=torch.float32, device=q.device)
+        column_bias.masked_fill_(~present, -torch.inf)
         if layout.span_bias is not None:
-            bias = layout.span_bias[span_of_key.clamp(min=0)].masked_fill(~present, 0.0)
-            logits = logits + bias[:, None, :]
+            column_bias += layout.span_bias[span_of_key.clamp(min=0)].masked_fill(~present, 0.0)
+        queries = q_rows[r0:r1].to(compute)
+        if softcap is None:
+            logits = torch.baddbmm(
+                column_bias[:, None, :].to(compute), queries, keys.transpose(1, 2), alpha=scale
+            ).float()
+        else:
+            logits = torch.bmm(queries, keys.transpose(1, 2)).float() * scale
+            logits = softcap * torch.tanh(logits / softcap) + column_bias[:, None, :]
         q_pos = layout.q_offset + (rows % num_blocks)[:, None] * bq + q_in_block[None, :]
-        allowed = present[:, None, :] & layout.token_rule(q_pos[:, :, None], positions[:, None, :])
-        logits = logits.masked_fill(~allowed, -torch.inf)
-        any_key = allowed.any(dim=-1, keepdim=True)
-        probs = torch.softmax(logits.masked_fill(~any_key, 0.0), dim=-1) * any_key
+        if layout.sliding_window is None:
+            near = logits[:, :, :diagonal]
+            hidden = positions[:, None, :diagonal] > q_pos[:, :, None]
+            near.masked_fill_(hidden, -torch.inf)
+            has_past = present[:, diagonal:].any(dim=1, keepdim=True)
+            first_near = positions[:, :1] if diagonal else torch.full_like(positions[:, :1], k_len)
+            first_near = torch.where(present[:, :1], first_near, k_len)
+            any_key = has_past | (first_near <= q_pos)
+        else:
+            allowed = present[:, None, :] & layout.token_rule(
+                q_pos[:, :, None], positions[:, None, :]
+            )
+            logits.masked_fill_(~allowed, -torch.inf)
+            any_key = allowed.any(dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        if not bool(any_key.all()):
+            probs.masked_fill_(~any_key[:, :, None], 0.0)
         out_rows[r0:r1] = torch.bmm(probs.to(compute), values).to(q.dtype)
     return _queries_of_rows(out_rows, batch, q_heads, q_len, kv_heads)

@@ -1,0 +1,51 @@
+"""Named benchmark shapes. Command-line options override any field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """One benchmark grid: every contender at every length and budget."""
+
+    lengths: tuple[int, ...]
+    budgets: tuple[int, ...]
+    contenders: tuple[str, ...]
+    batch: int = 1
+    q_heads: int = 8
+    kv_heads: int = 2
+    head_dim: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+    repeats: int = 3
+    warmup: int = 1
+
+
+PRESETS: dict[str, BenchPreset] = {
+    # The README's first command: a minute on a laptop CPU, no download.
+    "quick": BenchPreset(
+        lengths=(2048, 4096, 8192),
+        budgets=(1024,),
+        contenders=("dense", "dhsa", "block_sparse", "streaming"),
+    ),
+    # The CPU scaling record of benchmarks/cpu: 4K..32K, Hq=8, Hkv=2, D=64, budget 2048.
+    "cpu": BenchPreset(
+        lengths=(4096, 8192, 16384, 32768),
+        budgets=(2048,),
+        contenders=("dense", "dhsa", "block_sparse", "streaming"),
+    ),
+    # The GPU grid of the kernel issue: 8K..128K, Hq=32, Hkv=8, D=128, bf16.
+    "gpu": BenchPreset(
+        lengths=(8192, 16384, 32768, 65536, 131072),
+        budgets=(1024, 2048, 4096),
+        contenders=("dense", "dhsa", "block_sparse", "streaming"),
+        q_heads=32,
+        kv_heads=8,
+        head_dim=128,
+        dtype="bfloat16",
+        device="cuda",
+        repeats=10,
+        warmup=3,
+    ),
+}

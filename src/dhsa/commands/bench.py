@@ -1,0 +1,135 @@
+"""``dhsa bench``: kernel-level latency and peak memory of each method vs dense attention."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from ..bench import PRESETS, run_bench
+from ..cli import CommandError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x.strip().lower().replace("k", "")) * (1024 if "k" in x.lower() else 1)
+                       for x in text.split(",") if x.strip())
+    except ValueError as error:
+        raise CommandError(f"expected comma-separated integers (4096 or 4k), got {text!r}") from error
+    if not values or min(values) < 1:
+        raise CommandError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="latency and peak memory of sparse methods vs dense attention",
+        description="Times each contender over a grid of lengths on random (or recorded) q/k/v, "
+        "checks each output on sampled queries against a float64 recomputation, and records JSON "
+        "and a PNG plot. Speedups are printed only for outputs that passed the check.",
+    )
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="shape grid")
+    p.add_argument("--lengths", help="comma-separated sequence lengths, e.g. 4k,8k,16k")
+    p.add_argument("--budgets", help="comma-separated token budgets")
+    p.add_argument("--methods", help="comma-separated contenders (dense references included)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch", type=int)
+    p.add_argument("--q-heads", type=int)
+    p.add_argument("--kv-heads", type=int)
+    p.add_argument("--head-dim", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--backend", default="auto", help="auto, torch, triton or reference")
+    p.add_argument("--inputs", help="recorded q/k/v (.pt with keys q, k, v) instead of random")
+    p.add_argument("--chunker", choices=["similarity", "fixed", "learned"])
+    p.add_argument("--predictor", help="boundary predictor file for --chunker learned")
+    p.add_argument("--out", default="bench-results/bench.json", help="JSON output path")
+    p.add_argument("--plot", help="PNG plot path (default: next to --out)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def _preset_from_args(args):
+    preset = PRESETS[args.preset]
+    changes = {}
+    if args.lengths:
+        changes["lengths"] = _ints(args.lengths)
+    if args.budgets:
+        changes["budgets"] = _ints(args.budgets)
+    if args.methods:
+        changes["contenders"] = _names(args.methods)
+    for field in ("device", "dtype", "batch", "q_heads", "kv_heads", "head_dim", "repeats"):
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value
+    preset = dataclasses.replace(preset, **changes)
+    if preset.q_heads % preset.kv_heads:
+        raise CommandError(
+            f"--q-heads {preset.q_heads} must be a multiple of --kv-heads {preset.kv_heads}"
+        )
+    return preset
+
+
+def print_table(document: dict) -> None:
+    header = f"{'length':>7} {'contender':<16} {'budget':>6} {'ms':>10} {'MB':>8} " \
+             f"{'density':>7} {'speedup':>7} {'ideal':>5} {'check':>5}"
+    print(header)
+    for r in document["records"]:
+        speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+        ideal = "" if r.get("fraction_of_ideal") is None else f"{r['fraction_of_ideal']:.2f}"
+        print(
+            f"{r['length']:>7} {r['contender']:<16} {r['budget'] or '-':>6} "
+            f"{r['median_ms']:>10.1f} {r['peak_extra_mb']:>8.1f} {r['density']:>7.3f} "
+            f"{speedup:>7} {ideal:>5} {'ok' if r['check_passed'] else 'FAIL':>5}"
+        )
+
+
+def run(args) -> int:
+    from ..config import DHSAConfig
+
+    preset = _preset_from_args(args)
+    config = DHSAConfig()
+    if args.chunker:
+        config = config.replace(chunker=args.chunker, predictor=args.predictor)
+    command = "dhsa " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    document = run_bench(
+        preset,
+        out_path=args.out,
+        command=command,
+        backend=args.backend,
+        inputs_path=args.inputs,
+        config=config,
+        progress=not args.no_progress,
+    )
+    print_table(document)
+    plot_path = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png")
+    try:
+        from ..plots import plot_lines
+    except ImportError:
+        return 0
+    records = [
+        dict(r, series=r["contender"] if r["budget"] is None else f"{r['contender']}@{r['budget']}")
+        for r in document["records"]
+    ]
+    try:
+        plot_lines(
+            records,
+            x="length",
+            panels=[("median_ms", "latency (ms)"), ("peak_extra_mb", "peak extra memory (MB)")],
+            group="series",
+            path=plot_path,
+            title=f"dhsa bench on {document['device']}",
+            log_y=True,
+        )
+    except ImportError as error:
+        print(f"plot skipped: {error}", file=sys.stderr)
+        return 0
+    print(f"results: {args.out}\nplot: {plot_path}")
+    failed = [r for r in document["records"] if not r["check_passed"]]
+    return 1 if failed else 0
