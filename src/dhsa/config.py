@@ -81,6 +81,12 @@ class DHSAConfig:
     min_length: int = 4096
     predictor: str | None = None
     tile_elements: int = 1 << 20
+    predictor_threshold: float = 0.0
+    dash_block: int = 64
+    dash_sparsity: float = 1.0
+    dash_prior: bool = False
+    hip_block: int = 32
+    vs_slash_share: float = 0.5
 
     def __post_init__(self) -> None:
         _require_int("budget", self.budget, 1)
