@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import sys
 from pathlib import Path
 
@@ -97,11 +96,10 @@ def run(args) -> int:
     config = DHSAConfig()
     if args.chunker:
         config = config.replace(chunker=args.chunker, predictor=args.predictor)
-    command = "dhsa " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     document = run_bench(
         preset,
         out_path=args.out,
-        command=command,
+        command=args.command_line,
         backend=args.backend,
         inputs_path=args.inputs,
         config=config,

@@ -1,0 +1,88 @@
+"""The benchmark command: records JSON, gates speedups on correctness, reports bad input."""
+
+import json
+
+import pytest
+import torch
+
+from dhsa.bench import Contender, Prepared, register_contender
+from dhsa.bench.check import spot_check
+from dhsa.bench.contenders import CONTENDERS
+from dhsa.cli import main
+
+
+def test_bench_writes_records_plot_and_ratios(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    code = main([
+        "bench", "--lengths", "512,1k", "--budgets", "256", "--q-heads", "4", "--kv-heads", "2",
+        "--head-dim", "32", "--repeats", "1", "--methods", "dense,dhsa,streaming",
+        "--out", str(out), "--no-progress",
+    ])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["command"].startswith("dhsa bench")
+    assert {r["length"] for r in doc["records"]} == {512, 1024}
+    sparse = [r for r in doc["records"] if not r["dense"]]
+    assert len(sparse) == 4
+    for r in sparse:
+        assert r["check_passed"] and r["check_rel_error"] < 1e-4
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["median_ms"])
+        assert 0 < r["density"] <= 1 and r["select_ms"] > 0
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_refuses_speedup_for_wrong_output(tmp_path):
+    from dhsa.bench.contenders import _sparse_preparer
+
+    def wrong(q, k, v, config, backend):
+        prepared = _sparse_preparer("streaming")(q, k, v, config, backend)
+        return Prepared(run=lambda: prepared.run() + 0.1, layout=prepared.layout)
+
+    register_contender(Contender(name="wrong", dense=False, prepare=wrong))
+    try:
+        out = tmp_path / "w.json"
+        code = main([
+            "bench", "--lengths", "512", "--budgets", "256", "--methods", "dense,wrong",
+            "--repeats", "1", "--out", str(out), "--no-progress",
+        ])
+    finally:
+        CONTENDERS.pop("wrong")
+    assert code == 1
+    record = [r for r in json.loads(out.read_text())["records"] if r["contender"] == "wrong"][0]
+    assert not record["check_passed"] and record["speedup"] is None
+
+
+def test_spot_check_detects_single_wrong_query(rng):
+    q = torch.randn(1, 2, 64, 8, generator=rng)
+    k = torch.randn(1, 1, 64, 8, generator=rng)
+    v = torch.randn(1, 1, 64, 8, generator=rng)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert spot_check(q, k, v, out, None) < 1e-5
+    out[0, 1, -1] += 1.0
+    assert spot_check(q, k, v, out, None) > 0.1
+
+
+def test_bench_errors_are_clear(tmp_path, capsys):
+    assert main(["bench", "--methods", "dense,nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert "unknown bench contender 'nope'" in capsys.readouterr().err
+    assert main(["bench", "--inputs", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["bench", "--q-heads", "5", "--kv-heads", "2"]) == 2
+    assert "multiple" in capsys.readouterr().err
+
+
+def test_bench_on_recorded_inputs(tmp_path, rng):
+    path = tmp_path / "qkv.pt"
+    torch.save({
+        "q": torch.randn(1, 2, 600, 16, generator=rng),
+        "k": torch.randn(1, 1, 600, 16, generator=rng),
+        "v": torch.randn(1, 1, 600, 16, generator=rng),
+    }, path)
+    out = tmp_path / "r.json"
+    assert main([
+        "bench", "--inputs", str(path), "--lengths", "300,600", "--budgets", "256",
+        "--methods", "dense,dhsa", "--repeats", "1", "--out", str(out), "--no-progress",
+    ]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["inputs"] == str(path) and len(doc["records"]) == 4

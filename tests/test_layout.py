@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from dhsa import Layout
+from dhsa.layout import merge_padded
+
+
+def test_merge_padded_sorts_merges_and_drops_empty():
+    starts = torch.tensor([[10, 0, 5, 30, 40], [7, 7, 0, 0, 0]])
+    ends = torch.tensor([[20, 5, 12, 35, 40], [9, 8, 0, 0, 0]])
+    counts, s, e, bias = merge_padded(starts, ends, k_len=64)
+    assert counts.tolist() == [2, 1]
+    assert s.tolist() == [0, 30, 7]
+    assert e.tolist() == [20, 35, 9]
+    assert bias is None
+
+
+def test_merge_padded_keeps_biased_spans_separate():
+    starts = torch.tensor([[4, 0]])
+    ends = torch.tensor([[8, 4]])
+    bias = torch.tensor([[1.5, -2.0]])
+    counts, s, e, b = merge_padded(starts, ends, 16, bias)
+    assert counts.tolist() == [2]
+    assert list(zip(s.tolist(), e.tolist(), b.tolist())) == [(0, 4, -2.0), (4, 8, 1.5)]
+
+
+def random_layout(generator, batch=2, kv_heads=3, q_len=37, k_len=50, query_block=8, window=None):
+    rows = batch * kv_heads * -(-q_len // query_block)
+    mask = torch.rand(rows, k_len, generator=generator) < 0.4
+    return Layout.from_key_mask(
+        mask, batch=batch, kv_heads=kv_heads, q_len=q_len, k_len=k_len,
+        query_block=query_block, sliding_window=window,
+    ), mask
+
+
+def test_from_key_mask_round_trips_through_membership(rng):
+    layout, mask = random_layout(rng)
+    layout.validate()
+    assert torch.equal(layout.key_membership(), mask)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_num_selected_and_density_agree_with_dense_mask(rng, window):
+    layout, _ = random_layout(rng, window=window)
+    dense = layout.to_dense_mask()
+    assert dense.shape == (2, 3, 37, 50)
+    assert torch.equal(layout.num_selected(), dense.sum(-1))
+    q_pos = torch.arange(50 - 37, 50)[:, None]
+    k_pos = torch.arange(50)[None, :]
+    causal = k_pos <= q_pos
+    if window is not None:
+        causal &= q_pos - k_pos < window
+    assert not (dense & ~causal).any()
+    expected = dense.sum().item() / (causal.sum().item() * 2 * 3)
+    assert layout.density() == pytest.approx(expected)
+
+
+def test_validate_rejects_overlapping_and_out_of_range_spans():
+    good = dict(batch=1, kv_heads=1, q_len=4, k_len=10, query_block=4)
+    overlapping = Layout(
+        offsets=torch.tensor([0, 2]), starts=torch.tensor([0, 3], dtype=torch.int32),
+        ends=torch.tensor([5, 6], dtype=torch.int32), **good,
+    )
+    with pytest.raises(ValueError, match="sorted and disjoint"):
+        overlapping.validate()
+    outside = Layout(
+        offsets=torch.tensor([0, 1]), starts=torch.tensor([0], dtype=torch.int32),
+        ends=torch.tensor([11], dtype=torch.int32), **good,
+    )
+    with pytest.raises(ValueError, match="k_len"):
+        outside.validate()
+    wrong_rows = Layout(
+        offsets=torch.tensor([0, 0, 0]), starts=torch.zeros(0, dtype=torch.int32),
+        ends=torch.zeros(0, dtype=torch.int32), **good,
+    )
+    with pytest.raises(ValueError, match="rows"):
+        wrong_rows.validate()
+
+
+def test_key_bias_spreads_span_bias_over_its_keys():
+    layout = Layout(
+        offsets=torch.tensor([0, 2]), starts=torch.tensor([1, 5], dtype=torch.int32),
+        ends=torch.tensor([3, 6], dtype=torch.int32), batch=1, kv_heads=1, q_len=2, k_len=8,
+        query_block=2, span_bias=torch.tensor([0.5, -1.0]),
+    )
+    assert layout.key_bias()[0].tolist() == [0, 0.5, 0.5, 0, 0, -1.0, 0, 0]
