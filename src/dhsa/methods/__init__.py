@@ -11,9 +11,12 @@ from typing import Callable
 
 from ..layout import Layout
 from .chunked import select_block_sparse, select_dhsa
+from .dash import select_dash
 from .fixed_windows import select_dense, select_streaming
 from .greedy import NonFiniteInputError
+from .hip import select_hip
 from .oracle import select_oracle_topk
+from .vertical_slash import select_vertical_slash
 
 Selector = Callable[..., Layout]
 
@@ -23,6 +26,9 @@ SELECTORS: dict[str, Selector] = {
     "block_sparse": select_block_sparse,
     "streaming": select_streaming,
     "oracle_topk": select_oracle_topk,
+    "dash": select_dash,
+    "hip": select_hip,
+    "vertical_slash": select_vertical_slash,
 }
 
 
