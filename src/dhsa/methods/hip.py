@@ -22,45 +22,39 @@ from ..layout import Layout
 from .regions import BlockRegions, block_regions
 
 
-def _padded_query_blocks(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor, Tensor]:
-    """Group-averaged queries ``[B * Hkv, NQB, Bq, D]`` and their validity ``[NQB, Bq]``."""
+def _padded_query_blocks(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
+    """Group-averaged queries ``[B * Hkv, NQB, Bq, D]``; a short last block repeats its last query
+    (a repeated query leaves every max dot product unchanged, so no mask is needed)."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // kv_heads
     num_blocks = -(-q_len // query_block)
-    pad = num_blocks * query_block - q_len
     mean = q.view(batch, kv_heads, group, q_len, dim).sum(dim=2, dtype=torch.float32) / group
-    mean = torch.nn.functional.pad(mean, (0, 0, 0, pad))
-    valid = torch.arange(num_blocks * query_block, device=q.device) < q_len
-    return (
-        mean.view(batch * kv_heads, num_blocks, query_block, dim),
-        valid.view(num_blocks, query_block),
-    )
+    rows = torch.clamp(torch.arange(num_blocks * query_block, device=q.device), max=q_len - 1)
+    return mean[:, :, rows].view(batch * kv_heads, num_blocks, query_block, dim)
 
 
-def _score_ranges(
-    queries: Tensor, query_valid: Tensor, keys: Tensor, lo: Tensor, hi: Tensor, rep: int
-) -> Tensor:
+def _score_ranges(queries: Tensor, keys: Tensor, lo: Tensor, hi: Tensor, rep: int) -> Tensor:
     """Max ``q . k`` between each query block and the ``rep`` keys at the centre of each range.
 
-    ``queries [R, T, Bq, D]``, ``query_valid [T, Bq]``, ``keys [R, L, D]``, ranges ``lo, hi
-    [R, T, M]``. Returns float32 ``[R, T, M]``, ``-inf`` for empty ranges.
+    ``queries [R, T, Bq, D]``, ``keys [R, L, D]``, ranges ``lo, hi [R, T, M]``. Returns float32
+    ``[R, T, M]``, ``-inf`` for empty ranges.
     """
     first = torch.clamp((lo + hi) // 2 - rep // 2, min=0)
     first = torch.maximum(torch.minimum(first, hi - rep), lo)
-    positions = first[..., None] + torch.arange(rep, device=keys.device)
-    inside = positions < hi[..., None]
+    # Ranges shorter than ``rep`` repeat their last key: a repeat leaves the max unchanged.
+    positions = torch.minimum(
+        first[..., None] + torch.arange(rep, device=keys.device), hi[..., None] - 1
+    )
     rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
-    flat = positions.clamp(max=keys.shape[1] - 1).flatten(1)
+    flat = positions.clamp(min=0).flatten(1)
     gathered = keys[rows, flat].view(*positions.shape, keys.shape[-1])
     dots = torch.einsum("rtqd,rtmkd->rtmqk", queries, gathered)
-    allowed = query_valid[None, :, None, :, None] & inside[..., None, :]
-    dots = dots.masked_fill(~allowed, -torch.inf)
-    return dots.amax(dim=(-1, -2))
+    best = dots.amax(dim=(-1, -2))
+    return best.masked_fill(hi <= lo, -torch.inf)
 
 
 def _search(
     queries: Tensor,
-    query_valid: Tensor,
     keys: Tensor,
     start: Tensor,
     end: Tensor,
@@ -83,7 +77,7 @@ def _search(
         mid = torch.where(splits, (lo + hi) // 2, hi)
         halves_lo = torch.cat([lo, mid], dim=-1)
         halves_hi = torch.cat([mid, hi], dim=-1)
-        scores = _score_ranges(queries, query_valid, keys, halves_lo, halves_hi, rep)
+        scores = _score_ranges(queries, keys, halves_lo, halves_hi, rep)
         best = scores.topk(keep, dim=-1).indices
         lo, hi = halves_lo.gather(-1, best), halves_hi.gather(-1, best)
     return lo, hi
@@ -102,7 +96,7 @@ def select_hip(
     batch, kv_heads, k_len, dim = k.shape
     q_len, bq, rep = q.shape[2], config.query_block, config.hip_block
     regions = block_regions(q_len, k_len, bq, config.sink, config.local, sliding_window, k.device)
-    queries, query_valid = _padded_query_blocks(q, kv_heads, bq)
+    queries = _padded_query_blocks(q, kv_heads, bq)
     keys = k.reshape(batch * kv_heads, k_len, dim).float()
     if not (bool(torch.isfinite(queries).all()) and bool(torch.isfinite(keys).all())):
         raise ValueError("q or k contains NaN or Inf: hip scores are not finite")
@@ -116,7 +110,7 @@ def select_hip(
     starts, ends = [], []
     for t0 in range(0, num_blocks, tile):
         t1 = min(t0 + tile, num_blocks)
-        lo, hi = _select_tile(queries, query_valid, keys, regions, t0, t1, keep, rep, room)
+        lo, hi = _select_tile(queries, keys, regions, t0, t1, keep, rep, room)
         rows = (batch * kv_heads, t1 - t0, 2)
         starts.append(torch.cat([fixed_starts[t0:t1].expand(rows), lo], dim=-1))
         ends.append(torch.cat([fixed_ends[t0:t1].expand(rows), hi], dim=-1))
@@ -135,7 +129,6 @@ def select_hip(
 
 def _select_tile(
     queries: Tensor,
-    query_valid: Tensor,
     keys: Tensor,
     regions: BlockRegions,
     t0: int,
@@ -151,7 +144,7 @@ def _select_tile(
     if keep == 0:
         empty = torch.zeros(keys.shape[0], t1 - t0, 0, dtype=torch.int64, device=keys.device)
         return empty, empty
-    lo, hi = _search(queries[:, t0:t1], query_valid[t0:t1], keys, start, end, keep, rep)
+    lo, hi = _search(queries[:, t0:t1], keys, start, end, keep, rep)
     fits = (end - start <= room)[None, :, None]
     first = torch.arange(keep, device=keys.device) == 0
     whole_lo = torch.where(first, start[:, None], end[:, None]).expand_as(lo)
