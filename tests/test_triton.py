@@ -1,0 +1,190 @@
+"""The Triton backend against the float32 reference backend, on fresh random inputs.
+
+Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set here before
+triton is imported) on small shapes. The interpreter's bfloat16 matrix product is wrong (its inputs
+are not converted), so bfloat16 is checked on the GPU only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+from conftest import make_qkv, rel_error  # noqa: E402
+
+import dhsa  # noqa: E402
+from dhsa.kernels.reference import attend_reference  # noqa: E402
+from dhsa.kernels.triton_decode import attend_triton_decode  # noqa: E402
+from dhsa.kernels.triton_prefill import attend_triton, launch_prefill  # noqa: E402
+from dhsa.layout import Layout  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+SMALL = dict(sink=8, local=16, query_block=16, min_chunk=2, max_chunk=16, budget=64)
+
+
+def eager_same_dtype(q, k, v, layout, scale, softcap):
+    """Masked dense attention computed in the inputs' dtype: the dtype's own rounding noise."""
+    group = q.shape[1] // k.shape[1]
+    mask = layout.to_dense_mask().repeat_interleave(group, dim=1)
+    logits = (q @ k.repeat_interleave(group, dim=1).transpose(-1, -2)) * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if layout.span_bias is not None:
+        bias = layout.key_bias().view(layout.batch, layout.kv_heads, layout.num_q_blocks, 1, -1)
+        bias = bias.expand(-1, -1, -1, layout.query_block, -1).flatten(2, 3)[:, :, : layout.q_len]
+        logits = logits + bias.repeat_interleave(group, dim=1).to(logits.dtype)
+    logits = logits.masked_fill(~mask, -torch.inf)
+    probs = torch.softmax(logits.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+    return probs @ v.repeat_interleave(group, dim=1)
+
+
+def assert_close_to_reference(out, q, k, v, layout, *, scale, softcap=None):
+    """Error vs float32 within about twice what an eager same-dtype run makes."""
+    assert torch.isfinite(out).all(), "unwritten or non-finite outputs"
+    cpu = [x.cpu().float() for x in (q, k, v)]
+    layout_cpu = move_layout(layout, torch.device("cpu"))
+    ref = attend_reference(*cpu, layout_cpu, scale=scale, softcap=softcap)
+    eager = eager_same_dtype(*[x.cpu() for x in (q, k, v)], layout_cpu, scale, softcap)
+    noise = rel_error(eager.float(), ref)
+    error = rel_error(out.cpu().float(), ref)
+    assert error <= 2 * noise + 1e-5, f"error {error:.3g} vs same-dtype eager noise {noise:.3g}"
+
+
+def move_layout(layout: Layout, device: torch.device) -> Layout:
+    fields = {f: getattr(layout, f) for f in ("offsets", "starts", "ends", "span_bias")}
+    moved = {f: None if t is None else t.to(device) for f, t in fields.items()}
+    return Layout(
+        **moved,
+        batch=layout.batch,
+        kv_heads=layout.kv_heads,
+        q_len=layout.q_len,
+        k_len=layout.k_len,
+        query_block=layout.query_block,
+        sliding_window=layout.sliding_window,
+    )
+
+
+def poisoned(q):
+    return torch.full_like(q, float("nan"))
+
+
+def to_device(*tensors, dtype):
+    return [t.to(device=DEVICE, dtype=dtype) for t in tensors]
+
+
+def random_spans_layout(generator, *, batch, kv_heads, q_len, k_len, query_block, bias, empty):
+    """Disjoint random spans per row (some rows left empty), with optional span bias."""
+    rows = batch * kv_heads * (-(-q_len // query_block))
+    cuts = torch.sort(torch.randint(0, k_len + 1, (rows, 12), generator=generator), dim=1).values
+    starts, ends = cuts[:, 0::2], cuts[:, 1::2]
+    keep = torch.rand(rows, generator=generator) >= empty
+    ends = torch.where(keep[:, None], ends, starts)
+    span_bias = torch.randn(starts.shape, generator=generator) if bias else None
+    return Layout.from_padded(
+        starts, ends, batch=batch, kv_heads=kv_heads, q_len=q_len, k_len=k_len,
+        query_block=query_block, bias=span_bias,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape, window, softcap",
+    [
+        ((1, 4, 2, 131, 131, 64), None, None),
+        ((2, 6, 2, 77, 150, 64), 40, None),
+        ((1, 2, 1, 61, 97, 128), None, 5.0),
+    ],
+)
+def test_prefill_matches_reference(rng, dtype, shape, window, softcap):
+    batch, q_heads, kv_heads, q_len, k_len, dim = shape
+    q, k, v = to_device(*make_qkv(batch, q_heads, kv_heads, q_len, k_len, dim, rng), dtype=dtype)
+    layout = dhsa.select(q, k, dhsa.DHSAConfig(**SMALL), sliding_window=window)
+    scale = dim**-0.5
+    out = launch_prefill(q, k, v, layout, scale=scale, softcap=softcap, out=poisoned(q))
+    assert_close_to_reference(out, q, k, v, layout, scale=scale, softcap=softcap)
+
+
+def test_prefill_head_dim_256_with_span_bias_and_empty_rows(rng):
+    q, k, v = to_device(*make_qkv(1, 3, 1, 45, 70, 256, rng), dtype=torch.float16)
+    layout = random_spans_layout(
+        rng, batch=1, kv_heads=1, q_len=45, k_len=70, query_block=16, bias=True, empty=0.3
+    )
+    out = launch_prefill(q, k, v, layout, scale=0.07, softcap=None, out=poisoned(q))
+    assert_close_to_reference(out, q, k, v, layout, scale=0.07)
+
+
+def test_query_blocks_without_keys_output_zero(rng):
+    q, k, v = to_device(*make_qkv(1, 2, 1, 40, 40, 64, rng), dtype=torch.float32)
+    # Row 0 has no span; row 1's only span lies after all its queries (causally invisible).
+    layout = Layout.from_row_spans(
+        torch.tensor([1, 2]), torch.tensor([35, 0]), torch.tensor([40, 40]),
+        batch=1, kv_heads=1, q_len=40, k_len=40, query_block=16,
+    )
+    layout = move_layout(layout, DEVICE)
+    out = launch_prefill(q, k, v, layout, scale=0.125, softcap=None, out=poisoned(q))
+    assert (out[:, :, :32] == 0).all()
+    assert_close_to_reference(out, q, k, v, layout, scale=0.125)
+
+
+@pytest.mark.parametrize("method", ["dense", "block_sparse", "streaming", "oracle_topk"])
+def test_every_method_layout_runs(rng, method):
+    q, k, v = to_device(*make_qkv(1, 4, 2, 93, 93, 64, rng), dtype=torch.float16)
+    config = dhsa.DHSAConfig(**dict(SMALL, chunk_size=8))
+    layout = dhsa.select(q, k, config, method=method)
+    out = attend_triton(q, k, v, layout, scale=0.125)
+    assert_close_to_reference(out, q, k, v, layout, scale=0.125)
+
+
+@pytest.mark.parametrize("window, softcap, bias", [(None, None, False), (50, 3.0, True)])
+def test_decode_matches_reference(rng, window, softcap, bias):
+    batch, k_len = 3, 301
+    q, k, v = to_device(*make_qkv(batch, 4, 2, 1, k_len, 64, rng), dtype=torch.float16)
+    if bias:
+        layout = random_spans_layout(
+            rng, batch=batch, kv_heads=2, q_len=1, k_len=k_len, query_block=16, bias=True,
+            empty=0.2,
+        )
+        layout = move_layout(dataclasses.replace(layout, sliding_window=window), DEVICE)
+    else:
+        layout = dhsa.select(q, k, dhsa.DHSAConfig(**SMALL), sliding_window=window)
+    for splits in (1, 3):
+        out = attend_triton_decode(
+            q, k, v, layout, scale=0.125, softcap=softcap, splits=splits, out=poisoned(q)
+        )
+        assert_close_to_reference(out, q, k, v, layout, scale=0.125, softcap=softcap)
+
+
+def test_decode_is_chosen_for_single_query_layouts(rng):
+    q, k, v = to_device(*make_qkv(2, 2, 2, 1, 130, 64, rng), dtype=torch.float32)
+    layout = dhsa.select(q, k, dhsa.DHSAConfig(**SMALL))
+    out = attend_triton(q, k, v, layout, scale=0.125)
+    assert_close_to_reference(out, q, k, v, layout, scale=0.125)
+
+
+def test_budget_covering_everything_equals_dense_sdpa(rng):
+    q, k, v = to_device(*make_qkv(1, 4, 2, 111, 111, 64, rng), dtype=torch.float16)
+    layout = dhsa.select(q, k, dhsa.DHSAConfig(**dict(SMALL, budget=4096)))
+    out = attend_triton(q, k, v, layout, scale=0.125)
+    dense = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True, scale=0.125, enable_gqa=True
+    )
+    assert rel_error(out.float(), dense) < 2e-3
+
+
+def test_rejects_unsupported_inputs(rng):
+    q, k, v = make_qkv(1, 2, 1, 20, 20, 64, rng, dtype=torch.float64)
+    layout = dhsa.select(q.float(), k.float(), dhsa.DHSAConfig(**SMALL))
+    with pytest.raises(TypeError, match="float64"):
+        attend_triton(q, k, v, layout, scale=0.125)
+    q, k, v = to_device(*make_qkv(1, 2, 1, 20, 20, 512, rng), dtype=torch.float16)
+    with pytest.raises(ValueError, match="head dims"):
+        attend_triton(q, k, v, move_layout(layout, DEVICE), scale=0.125)
