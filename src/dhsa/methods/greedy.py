@@ -4,6 +4,11 @@ Every key token inherits its chunk's score, so the token-level top-``budget`` is
 fill: chunks are taken whole in score order, and the first chunk that no longer fits is cut to the
 tokens that do (its latest ones, nearest the queries). No ``L x L`` score matrix is ever formed:
 scores are ``[query blocks, chunks]``, computed a tile of query blocks at a time.
+
+Only the best few chunks of a block can ever be taken: every chunk but the (at most two) cut by
+the candidate region's edges is at least as long as the shortest chunk, so the fill stops within
+the top ``remaining // shortest + 2``. A partial top-k over that many replaces a full sort of all
+chunks, and only those spans are merged.
 """
 
 from __future__ import annotations
@@ -43,37 +48,41 @@ def greedy_layout(
     chunk_lo = bounds[:, None, :-1]
     chunk_hi = bounds[:, None, 1:]
     fixed_starts, fixed_ends = regions.fixed_spans()
+    remaining = torch.clamp(budget - regions.fixed_cost, min=0)
+    top = min(num_chunks, max_chunks_taken(bounds, int(remaining.max())))
     tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
+    finite = torch.ones((), dtype=torch.bool, device=q_rep.device)
     rows, starts, ends = [], [], []
     for q0 in range(0, num_blocks, tile):
         q1 = min(q0 + tile, num_blocks)
         scores = q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
-        if not bool(torch.isfinite(scores).all()):
-            raise NonFiniteInputError(
-                "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
-            )
+        finite &= torch.isfinite(scores).all()
         lo = torch.maximum(chunk_lo, regions.candidate_start[q0:q1, None])
         hi = torch.minimum(chunk_hi, regions.candidate_end[q0:q1, None])
         cost = torch.clamp(hi - lo, min=0)[:, None].expand(-1, kv_heads, -1, -1)
         scores = torch.where(cost > 0, scores, torch.full_like(scores, -torch.inf))
-        order = torch.argsort(scores, dim=-1, descending=True)
+        order = torch.topk(scores, top, dim=-1, sorted=True).indices
         cost_sorted = cost.gather(-1, order)
         before = cost_sorted.cumsum(-1) - cost_sorted
-        remaining = (budget - regions.fixed_cost[q0:q1])[None, None, :, None]
-        take_sorted = torch.minimum(torch.clamp(remaining - before, min=0), cost_sorted)
-        take = torch.zeros_like(take_sorted).scatter_(-1, order, take_sorted)
-        span_end = hi[:, None].expand_as(take)
+        take = torch.minimum(
+            torch.clamp(remaining[None, None, q0:q1, None] - before, min=0), cost_sorted
+        )
+        span_end = hi[:, None].expand(-1, kv_heads, -1, -1).gather(-1, order)
         shape = (batch, kv_heads, q1 - q0, 2)
         tile_starts = torch.cat([fixed_starts[q0:q1].expand(shape), span_end - take], dim=-1)
         tile_ends = torch.cat([fixed_ends[q0:q1].expand(shape), span_end], dim=-1)
         counts, s, e, _ = merge_padded(
-            tile_starts.reshape(-1, num_chunks + 2), tile_ends.reshape(-1, num_chunks + 2), k_len
+            tile_starts.reshape(-1, top + 2), tile_ends.reshape(-1, top + 2), k_len
         )
         bh = torch.arange(batch * kv_heads, device=q_rep.device)[:, None]
         global_rows = (bh * num_blocks + torch.arange(q0, q1, device=q_rep.device)).reshape(-1)
         rows.append(torch.repeat_interleave(global_rows, counts, output_size=len(s)))
         starts.append(s)
         ends.append(e)
+    if not bool(finite):
+        raise NonFiniteInputError(
+            "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
+        )
     return Layout.from_row_spans(
         torch.cat(rows),
         torch.cat(starts),
@@ -85,3 +94,11 @@ def greedy_layout(
         query_block=query_block,
         sliding_window=sliding_window,
     )
+
+
+def max_chunks_taken(bounds: Tensor, remaining: int) -> int:
+    """How many chunks one block's fill can touch: at most two cut short by the candidate region's
+    edges, every other one at least as long as the shortest chunk of ``bounds [B, N + 1]``."""
+    lengths = bounds[:, 1:] - bounds[:, :-1]
+    shortest = int(torch.where(lengths > 0, lengths, remaining + 1).min()) if remaining else 1
+    return max(1, -(-remaining // max(shortest, 1)) + 2)
