@@ -14,6 +14,18 @@ from .methods import SELECTORS, NonFiniteInputError, register_method
 
 __version__ = "0.1.0"
 
+# Hugging Face glue, imported on first use so that transformers stays optional.
+_LAZY = {"register": "dhsa.hf", "configure": "dhsa.hf", "load_model": "dhsa.models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dhsa' has no attribute {name!r}")
+
+
 __all__ = [
     "BACKENDS",
     "PRESETS",
@@ -22,7 +34,10 @@ __all__ = [
     "Layout",
     "NonFiniteInputError",
     "attend",
+    "configure",
     "dense_attention",
+    "load_model",
+    "register",
     "register_method",
     "select",
     "sparse_attention",

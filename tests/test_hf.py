@@ -1,0 +1,192 @@
+"""The "dhsa" transformers attention on tiny random models of every supported architecture."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dhsa
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
+
+COMMON = dict(
+    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)
+ARCHS = {
+    "llama": lambda: transformers.LlamaConfig(**COMMON),
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON),
+    "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=16),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=48),
+    "gemma2": lambda: transformers.Gemma2Config(
+        **COMMON, head_dim=16, sliding_window=24, attn_logit_softcapping=20.0,
+        final_logit_softcapping=30.0, query_pre_attn_scalar=24,
+    ),
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **COMMON, head_dim=16, sliding_window=24, sliding_window_pattern=2,
+        query_pre_attn_scalar=24,
+    ),
+    "phi3": lambda: transformers.Phi3Config(**COMMON),
+}
+FULL = dhsa.DHSAConfig(
+    budget=256, sink=4, local=8, query_block=8, min_length=0, min_chunk=4, max_chunk=16
+)
+SMALL = dhsa.DHSAConfig(
+    budget=24, sink=2, local=4, query_block=4, min_length=0, min_chunk=4, max_chunk=8
+)
+
+
+def tiny_model(arch, seed=0):
+    """A random model and the implementation it is compared with (Gemma2 has no SDPA path)."""
+    torch.manual_seed(seed)
+    reference = "eager" if arch == "gemma2" else "sdpa"
+    model = AutoModelForCausalLM.from_config(
+        ARCHS[arch](), attn_implementation=reference, dtype=torch.float32
+    )
+    return model.eval(), reference
+
+
+def greedy(model, ids, steps=20, **kwargs):
+    with torch.no_grad():
+        out = model.generate(
+            ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True,
+            return_dict_in_generate=True, **kwargs,
+        )
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+def prompt(length, batch=1, seed=1):
+    return torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_full_budget_equals_reference_prefill_and_decode(arch):
+    model, reference = tiny_model(arch)
+    ids = prompt(75)
+    with torch.no_grad():
+        ref_logits = model(ids).logits
+    ref_seq, ref_steps = greedy(model, ids)
+    dhsa.configure(model, FULL)
+    assert model.config._attn_implementation == "dhsa"
+    with torch.no_grad():
+        logits = model(ids).logits
+    seq, steps = greedy(model, ids)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(steps, ref_steps, rtol=1e-5, atol=1e-5)
+    assert torch.equal(seq, ref_seq)
+    binding = model.model.layers[0].self_attn._dhsa_binding
+    if arch == "mistral":
+        # Every layer slides with a window under the budget: dense is exact there, no state kept.
+        assert not binding.session._chunks
+    else:
+        assert binding.session._chunks, "decode never used the incremental selection state"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "mistral"])
+def test_small_budget_differs_only_beyond_the_budget(arch):
+    model, _ = tiny_model(arch)
+    ids = prompt(75)
+    with torch.no_grad():
+        ref_logits = model(ids).logits
+    _, ref_steps = greedy(model, ids)
+    dhsa.configure(model, SMALL)
+    with torch.no_grad():
+        logits = model(ids).logits
+    _, steps = greedy(model, ids)
+    exact = SMALL.budget - SMALL.budget % SMALL.query_block
+    torch.testing.assert_close(logits[:, :exact], ref_logits[:, :exact], rtol=1e-5, atol=1e-5)
+    assert (logits[:, exact:] - ref_logits[:, exact:]).abs().max() > 1e-3
+    assert (steps - ref_steps).abs().max() > 1e-3
+
+
+def test_set_attn_implementation_and_layer_overrides():
+    model, _ = tiny_model("qwen2")
+    ids = prompt(61)
+    _, ref_steps = greedy(model, ids, steps=8)
+    dhsa.register()
+    model.set_attn_implementation("dhsa")
+    dhsa.configure(model, SMALL, layers={0: "dense", 1: "dense", 2: ("dense", SMALL)})
+    _, steps = greedy(model, ids, steps=8)
+    torch.testing.assert_close(steps, ref_steps, rtol=1e-5, atol=1e-5)
+    dhsa.configure(model, SMALL, layers={0: "dense"})
+    _, sparse_steps = greedy(model, ids, steps=8)
+    assert (sparse_steps - ref_steps).abs().max() > 1e-3
+
+
+def test_short_prompts_run_dense():
+    model, _ = tiny_model("llama")
+    ids = prompt(61)
+    _, ref_steps = greedy(model, ids, steps=5)
+    dhsa.configure(model, SMALL.replace(min_length=100))
+    _, steps = greedy(model, ids, steps=5)
+    torch.testing.assert_close(steps, ref_steps, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_left_padded_batch_equals_rows_alone(shared):
+    model, _ = tiny_model("gemma3")
+    dhsa.configure(model, SMALL.replace(share_boundaries=shared))
+    long, short = prompt(71, seed=3)[0], prompt(52, seed=4)[0]
+    ids = torch.zeros(2, 71, dtype=torch.long)
+    ids[0], ids[1, 19:] = long, short
+    mask = (ids != 0).long()
+    batch_seq, _ = greedy(model, ids, steps=12, attention_mask=mask)
+    for row, alone in ((0, long), (1, short)):
+        seq, _ = greedy(model, alone[None], steps=12)
+        assert torch.equal(batch_seq[row, -12:], seq[0, -12:])
+
+
+def test_chunked_prefill_with_cache_equals_reference():
+    model, _ = tiny_model("phi3")
+    ids = prompt(83)
+    with torch.no_grad():
+        ref = model(ids).logits[:, -1]
+        dhsa.configure(model, FULL)
+        cache = DynamicCache(config=model.config)
+        model(ids[:, :50], past_key_values=cache, use_cache=True)
+        out = model(ids[:, 50:], past_key_values=cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_calls_raise():
+    model, _ = tiny_model("llama")
+    dhsa.configure(model, SMALL)
+    ids = prompt(30)
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(ids, output_attentions=True)
+    right_padded = torch.ones(1, 30, dtype=torch.long)
+    right_padded[0, -3:] = 0
+    with pytest.raises(ValueError, match="left padding"):
+        model(ids, attention_mask=right_padded)
+    with pytest.raises(ValueError, match="static cache"):
+        greedy(model, ids, steps=2, cache_implementation="static")
+    model.config.attention_dropout = 0.1
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    model.train()
+    with pytest.raises(ValueError, match="dropout"):
+        model(ids)
+
+
+def test_configure_rejects_bad_arguments():
+    model, _ = tiny_model("llama")
+    with pytest.raises(ValueError, match="unknown method"):
+        dhsa.configure(model, SMALL, method="nope")
+    with pytest.raises(ValueError, match="layers has layer 7"):
+        dhsa.configure(model, SMALL, layers={7: "dense"})
+    with pytest.raises(TypeError, match="layers\\[0\\]"):
+        dhsa.configure(model, SMALL, layers={0: 3})
+
+
+def test_import_without_transformers():
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "import dhsa, dhsa.hf, dhsa.models\n"
+        "try:\n    dhsa.register()\nexcept ImportError:\n    print('lazy')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "lazy"
