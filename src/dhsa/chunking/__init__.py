@@ -7,6 +7,7 @@ from torch import Tensor
 from ..config import DHSAConfig
 from .boundaries import check_boundaries, chunk_ids, pad_boundaries, split_long
 from .fixed import fixed_boundaries
+from .learned import learned_boundaries, load_predictor
 from .similarity import similarity_boundaries
 
 
@@ -24,6 +25,15 @@ def compute_boundaries(k: Tensor, config: DHSAConfig) -> Tensor:
             max_chunk=config.max_chunk,
             max_chunks=config.max_chunks,
         )
+    if config.chunker == "learned":
+        return learned_boundaries(
+            k,
+            load_predictor(config.predictor),
+            threshold=config.predictor_threshold,
+            min_chunk=config.min_chunk,
+            max_chunk=config.max_chunk,
+            max_chunks=config.max_chunks,
+        )
     raise ValueError(f"chunker {config.chunker!r} is not available in this build")
 
 
@@ -32,6 +42,8 @@ __all__ = [
     "chunk_ids",
     "compute_boundaries",
     "fixed_boundaries",
+    "learned_boundaries",
+    "load_predictor",
     "pad_boundaries",
     "similarity_boundaries",
     "split_long",

@@ -31,15 +31,26 @@ def shift_scores(k: Tensor, window: int) -> Tensor:
     return 1.0 - F.cosine_similarity(left, right, dim=-1, eps=1e-12)
 
 
-def pick_peaks(scores: Tensor, length: int, min_chunk: int, z: float, max_peaks: int | None):
-    """Cut positions (``t + 1``) of one sequence's peaks: above threshold, NMS-separated."""
+def pick_peaks(
+    scores: Tensor,
+    length: int,
+    min_chunk: int,
+    z: float,
+    max_peaks: int | None,
+    threshold: float | None = None,
+):
+    """Cut positions (``t + 1``) of one sequence's peaks: above threshold, NMS-separated.
+
+    The threshold is ``mean + z * std`` of the eligible scores unless ``threshold`` is given.
+    """
     device = scores.device
     t = torch.arange(length - 1, device=device)
     eligible = (t + 1 >= min_chunk) & (t + 1 <= length - min_chunk)
     if not bool(eligible.any()):
         return torch.zeros(0, dtype=torch.int64, device=device)
-    values = scores[eligible]
-    threshold = values.mean() + z * values.std(unbiased=False)
+    if threshold is None:
+        values = scores[eligible]
+        threshold = values.mean() + z * values.std(unbiased=False)
     masked = torch.where(eligible, scores, torch.full_like(scores, -torch.inf))
     radius = min_chunk - 1
     if radius > 0:

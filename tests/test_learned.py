@@ -1,0 +1,137 @@
+"""The learned chunker: labels, predictor, file handling, training and its failure modes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import dhsa
+from dhsa.chunking.labels import boundary_labels
+from dhsa.chunking.learned import (
+    BoundaryPredictor,
+    cut_windows,
+    learned_boundaries,
+    load_predictor,
+    save_predictor,
+)
+from dhsa.chunking.training import LabelledKeys, evaluate, focal_bce, train_predictor
+
+
+def test_labels_match_their_definition(rng):
+    length, window = 45, 3
+    q = torch.randn(1, 4, length, 8, generator=rng)
+    k = torch.randn(1, 2, length, 8, generator=rng)
+    labels, valid = boundary_labels(q, k, window=window, query_tile=7)
+    logits = q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2) / math.sqrt(8)
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)
+    attention = logits.masked_fill(future, -torch.inf).softmax(-1).mean(1)[0]
+    for t in range(length - 1):
+        full = t - window + 1 >= 0 and t + window + 1 <= length - 1
+        assert bool(valid[t]) == full
+        if full:
+            later = attention[t + window + 1 :]
+            left = later[:, t - window + 1 : t + 1].sum()
+            right = later[:, t + 1 : t + window + 1].sum()
+            assert bool(labels[0, t]) == bool(max(left, right) >= 2 * min(left, right)), t
+        else:
+            assert not bool(labels[0, t])
+
+
+def test_cut_windows_hold_the_keys_around_each_cut(rng):
+    keys = torch.randn(2, 20, 4, generator=rng)
+    windows, present = cut_windows(keys, 3)
+    assert windows.shape == (2 * 19, 6, 4)
+    torch.testing.assert_close(windows[19 + 7], keys[1, 5:11])
+    assert present[0].tolist() == [False, False, True, True, True, True]
+    assert present[18].tolist() == [True, True, True, True, False, False]
+
+
+def test_focal_loss_formula():
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    targets = torch.tensor([1.0, 0.0, 0.0])
+    p = torch.sigmoid(logits)
+    p_true = torch.where(targets > 0, p, 1 - p)
+    expected = (-((1 - p_true) ** 2) * torch.log(p_true)).mean()
+    torch.testing.assert_close(focal_bce(logits, targets), expected)
+
+
+def _topic_examples(rng, count, length=200, dim=16, window=4):
+    """Keys drawn around a topic vector that changes at random points; labels at the changes."""
+    examples = []
+    for _ in range(count):
+        cuts = sorted(torch.randperm(length - 20, generator=rng)[:12].add(10).tolist())
+        keys = torch.empty(length, dim)
+        labels = torch.zeros(length - 1, dtype=torch.bool)
+        for lo, hi in zip([0, *cuts], [*cuts, length], strict=True):
+            keys[lo:hi] = 3 * torch.randn(dim, generator=rng)
+        keys += torch.randn(length, dim, generator=rng)
+        labels[[c - 1 for c in cuts]] = True
+        valid = torch.zeros(length - 1, dtype=torch.bool)
+        valid[window - 1 : length - window - 1] = True
+        examples.append(LabelledKeys(keys, labels & valid, valid))
+    return examples
+
+
+def test_training_beats_trivial_rules_on_held_out_cuts(rng):
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    train, test = _topic_examples(rng, 12), _topic_examples(rng, 4)
+    predictor = train_predictor(train, steps=300, batch=128, lr=3e-3, progress=False)
+    scores = evaluate(predictor, test)
+    assert scores["f1_learned"] > max(scores["f1_all_boundary"], scores["f1_fixed_spacing"]) + 0.2
+
+
+def test_training_resumes_from_its_checkpoint(rng, tmp_path):
+    examples = _topic_examples(rng, 3, length=60)
+    kwargs = dict(steps=12, batch=16, lr=1e-3, progress=False, checkpoint_every=4)
+    straight = train_predictor(examples, **kwargs)
+    checkpoint = tmp_path / "run.ckpt"
+    train_predictor(examples, **{**kwargs, "steps": 8}, checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 8
+    resumed = train_predictor(examples, **kwargs, checkpoint=checkpoint)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_config_loads_the_predictor_and_selects(rng, tmp_path):
+    path = tmp_path / "predictor.pt"
+    save_predictor(BoundaryPredictor(16, window=2, heads=2, hidden=32), path, {"model": "test"})
+    assert load_predictor(path).window == 2
+    config = dhsa.DHSAConfig(
+        chunker="learned", predictor=str(path), budget=64, sink=4, local=8, query_block=16,
+        min_chunk=4, max_chunk=32,
+    )
+    q = torch.randn(1, 4, 150, 16, generator=rng)
+    k = torch.randn(1, 2, 150, 16, generator=rng)
+    v = torch.randn(1, 2, 150, 16, generator=rng)
+    layout = dhsa.select(q, k, config, method="dhsa")
+    layout.validate()
+    torch.testing.assert_close(
+        dhsa.attend(q, k, v, layout, backend="torch"),
+        dhsa.attend(q, k, v, layout, backend="reference"),
+    )
+
+
+def test_nothing_above_threshold_falls_back_to_max_length_splits(rng):
+    predictor = BoundaryPredictor(8, window=2, heads=2, hidden=16)
+    k = torch.randn(2, 1, 101, 8, generator=rng)
+    bounds = learned_boundaries(k, predictor, threshold=1e9, min_chunk=4, max_chunk=32)
+    assert bounds.tolist() == [[0, 25, 50, 75, 101]] * 2
+
+
+def test_clear_errors_for_missing_wrong_and_mismatched_files(rng, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-predictor"):
+        dhsa.DHSAConfig(chunker="learned", predictor=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="predictor=PATH"):
+        dhsa.DHSAConfig(chunker="learned")
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(3)}, junk)
+    with pytest.raises(ValueError, match="not a boundary predictor"):
+        load_predictor(junk)
+    path = tmp_path / "d32.pt"
+    save_predictor(BoundaryPredictor(32, window=2, heads=2, hidden=16), path)
+    config = dhsa.DHSAConfig(chunker="learned", predictor=str(path))
+    k = torch.randn(1, 1, 64, 16, generator=rng)
+    with pytest.raises(ValueError, match="head size 32"):
+        dhsa.select(torch.randn(1, 1, 64, 16, generator=rng), k, config)
