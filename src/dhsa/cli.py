@@ -10,6 +10,11 @@ import sys
 
 COMMAND_MODULES = [
     "dhsa.commands.bench",
+    "dhsa.commands.models",
+    "dhsa.commands.niah",
+    "dhsa.commands.ruler",
+    "dhsa.commands.fidelity",
+    "dhsa.commands.train_predictor",
 ]
 
 

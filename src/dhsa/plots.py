@@ -58,3 +58,45 @@ def plot_lines(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_heatmap(
+    records: list[dict],
+    *,
+    x: str,
+    y: str,
+    value: str,
+    path: str | Path,
+    title: str = "",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Path:
+    """A grid of ``value`` over the distinct ``x`` (columns) and ``y`` (rows), each cell annotated.
+
+    Cells no record covers stay blank (white). Used for needle-in-a-haystack length x depth maps.
+    """
+    plt = _pyplot()
+    xs = sorted({r[x] for r in records})
+    ys = sorted({r[y] for r in records})
+    grid = [[float("nan")] * len(xs) for _ in ys]
+    for r in records:
+        grid[ys.index(r[y])][xs.index(r[x])] = r[value]
+    fig, ax = plt.subplots(figsize=(1.1 * len(xs) + 2.5, 0.5 * len(ys) + 1.8))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, cell in enumerate(row):
+            if cell == cell:
+                ax.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    fig.colorbar(image, ax=ax, label=value)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

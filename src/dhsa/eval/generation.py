@@ -1,0 +1,82 @@
+"""Greedy answers from a Hugging Face causal LM under one attention method at a time.
+
+A :class:`Contender` names the attention a model runs: ``dense`` or a sparse method at a token
+budget. :func:`use_contender` switches the loaded model to it through :func:`dhsa.configure`
+(sparse selection applies whenever the keys outnumber the budget: ``min_length`` is 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import DHSAConfig
+from .haystack import TokenCounter
+
+
+@dataclass(frozen=True)
+class Contender:
+    """An attention method and its token budget (None for ``dense``)."""
+
+    method: str
+    budget: int | None
+
+    @property
+    def name(self) -> str:
+        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+
+    def config(self, base: DHSAConfig) -> DHSAConfig:
+        budget = base.budget if self.budget is None else self.budget
+        return base.replace(budget=budget, min_length=0)
+
+
+def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:
+    """``dense`` once (budget-free), every other method at every budget."""
+    out = [Contender("dense", None)] if "dense" in methods else []
+    out += [Contender(m, b) for m in methods if m != "dense" for b in budgets]
+    return out
+
+
+def use_contender(model, contender: Contender, base: DHSAConfig) -> None:
+    """Route ``model``'s attention through dhsa with ``contender``'s method and budget."""
+    from ..hf import configure
+
+    configure(model, contender.config(base), method=contender.method)
+
+
+def token_counter(tokenizer) -> TokenCounter:
+    """Tokens of a prompt exactly as :func:`greedy_answer` feeds it (special tokens included)."""
+    return lambda text: len(tokenizer(text)["input_ids"])
+
+
+def _first_line_done(tokenizer, prompt_len: int):
+    """A stopping rule: the reply has some text and then a line break (answers are one line)."""
+    from transformers import StoppingCriteria
+
+    class FirstLine(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            text = tokenizer.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
+            return text.strip() != "" and "\n" in text.lstrip()
+
+    return FirstLine()
+
+
+def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """``(reply, prompt_tokens)``: greedy decoding of up to ``max_new_tokens``, stopping after the
+    first line of the reply."""
+    from transformers import StoppingCriteriaList
+
+    device = next(model.parameters()).device
+    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    prompt_len = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stopping_criteria=StoppingCriteriaList([_first_line_done(tokenizer, prompt_len)]),
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    reply = tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)
+    return reply, prompt_len

@@ -1,0 +1,68 @@
+"""Command-line options shared by ``dhsa niah``, ``dhsa ruler`` and ``dhsa fidelity``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from ..config import DHSAConfig
+from .haystack import DEFAULT_HAYSTACK
+
+DTYPES = ("float32", "bfloat16", "float16")
+_LENGTH = re.compile(r"^(\d+)([kK]?)$")
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"1k,2048,8K"`` -> ``[1024, 2048, 8192]``; ValueError naming a bad entry."""
+    lengths = []
+    for part in (p.strip() for p in text.split(",")):
+        match = _LENGTH.match(part)
+        if not match or int(match.group(1)) == 0:
+            raise ValueError(f"bad length {part!r} in {text!r}: use positive integers like 4096 or 4k")
+        lengths.append(int(match.group(1)) * (1024 if match.group(2) else 1))
+    return lengths
+
+
+def parse_names(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"expected a comma-separated list, got {text!r}")
+    return names
+
+
+def add_model_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    """Model, device, haystack, config and output options every eval command takes."""
+    p.add_argument("--model", required=True, help="model key (smollm2, gemma3, ...), GGUF file, "
+                   "local folder or Hub id")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
+    p.add_argument("--haystack", default=DEFAULT_HAYSTACK,
+                   help="essay JSON {\"text\": ...} used as haystack (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
+    p.add_argument("--chunker", choices=["similarity", "fixed"], default="similarity",
+                   help="dhsa chunker")
+    p.add_argument("--out", default=default_out,
+                   help="result file (JSONL, resumable); summary JSON and PNGs go beside it")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def base_config(args) -> DHSAConfig:
+    return DHSAConfig(chunker=args.chunker, min_length=0)
+
+
+def open_model(args):
+    """``(model, tokenizer)`` for ``args.model`` on ``args.device`` in ``args.dtype``."""
+    import torch
+
+    from ..models import load_model
+
+    return load_model(
+        args.model, dtype=getattr(torch, args.dtype), device=args.device,
+        directory=args.models_dir,
+    )
+
+
+def model_label(name: str) -> str:
+    """A short name for file names and records: the key, or the last part of a path/id."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.rstrip("/").split("/")[-1])

@@ -1,0 +1,96 @@
+"""The evaluation loop shared by ``dhsa niah`` and ``dhsa ruler``.
+
+Cells are ``(length, index, item)`` where ``item`` is a needle depth or a task name; each cell's
+sample is generated once and answered by every contender, so all contenders see the same
+prompts. Lengths run shortest first and sample indices in order, so a run stopped early still has
+complete, comparable cells. Every answer is appended to the result file as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+from ..config import DHSAConfig
+from .generation import Contender, greedy_answer, use_contender
+from .metrics import string_match_all
+from .results import ResultStore
+from .ruler import Sample
+
+logger = logging.getLogger(__name__)
+
+SampleMaker = Callable[[int, int, object], Sample]
+
+
+def cell_key(item_field: str) -> tuple[str, ...]:
+    """The record fields that identify a cell of a grid over ``item_field``."""
+    return ("model", "seed", "length", "index", item_field, "method", "budget")
+
+
+def run_grid(
+    store: ResultStore,
+    model,
+    tokenizer,
+    *,
+    model_name: str,
+    item_field: str,
+    items: list,
+    lengths: list[int],
+    samples: int,
+    contenders: list[Contender],
+    base_config: DHSAConfig,
+    make_sample: SampleMaker,
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
+    """Answer every missing cell; returns how many cells ran now.
+
+    ``make_sample(length, index, item)`` builds the sample of a cell; ``item_field`` names the
+    item in the records (``"depth"`` or ``"task"``). Cells are keyed by model, seed, length,
+    index, item, method and budget (see :func:`cell_key`).
+    """
+    total = len(lengths) * samples * len(items) * len(contenders)
+    ran = 0
+    with tqdm(total=total, disable=not progress, desc=f"{item_field} cells", unit="cell") as bar:
+        for length in sorted(lengths):
+            for index in range(samples):
+                for item in items:
+                    base = {
+                        "model": model_name, "seed": seed, "length": length, "index": index,
+                        item_field: item,
+                    }
+                    todo = [
+                        c for c in contenders
+                        if not store.done({**base, "method": c.method, "budget": c.budget})
+                    ]
+                    bar.update(len(contenders) - len(todo))
+                    if not todo:
+                        continue
+                    sample = make_sample(length, index, item)
+                    for contender in todo:
+                        store.add({**base, **answer_cell(model, tokenizer, sample, contender,
+                                                         base_config)})
+                        ran += 1
+                        bar.update(1)
+    return ran
+
+
+def answer_cell(model, tokenizer, sample: Sample, contender: Contender, base: DHSAConfig) -> dict:
+    """Run one contender on one sample: the record fields of the answer and its score."""
+    use_contender(model, contender, base)
+    start = time.perf_counter()
+    reply, prompt_tokens = greedy_answer(model, tokenizer, sample.prompt, sample.max_new_tokens)
+    score = string_match_all(reply, sample.answers)
+    logger.info("%s %s: %.2f (%r)", contender.name, sample.task, score, reply[:80])
+    return {
+        "method": contender.method,
+        "budget": contender.budget,
+        "score": score,
+        "reply": reply,
+        "answers": list(sample.answers),
+        "prompt_tokens": prompt_tokens,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
