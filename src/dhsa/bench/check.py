@@ -58,8 +58,9 @@ def spot_check(
         b = n % batch
         for h in range(kv_heads):
             allowed, bias = _allowed_keys(layout, b, h, i, k_len, q_len)
-            keys = k[b, h].double().cpu()[allowed]
-            values = v[b, h].double().cpu()[allowed]
+            on_device = allowed.to(k.device)
+            keys = k[b, h][on_device].double().cpu()
+            values = v[b, h][on_device].double().cpu()
             for g in range(group):
                 head = h * group + g
                 logits = keys @ q[b, head, i].double().cpu() * scale + bias[allowed]

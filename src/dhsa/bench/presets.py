@@ -35,11 +35,15 @@ PRESETS: dict[str, BenchPreset] = {
         budgets=(2048,),
         contenders=("dense", "dhsa", "block_sparse", "streaming"),
     ),
-    # The GPU grid of the kernel issue: 8K..128K, Hq=32, Hkv=8, D=128, bf16.
+    # The GPU grid of the kernel issue: 8K..128K, Hq=32, Hkv=8, D=128, bf16; dense SDPA with each
+    # of its CUDA kernels (the fastest is the reference) and FlexAttention given dhsa's selection.
     "gpu": BenchPreset(
         lengths=(8192, 16384, 32768, 65536, 131072),
         budgets=(1024, 2048, 4096),
-        contenders=("dense", "dhsa", "block_sparse", "streaming"),
+        contenders=(
+            "dense", "dense_cudnn", "dense_flash", "dhsa", "flex_dhsa", "block_sparse",
+            "streaming",
+        ),
         q_heads=32,
         kv_heads=8,
         head_dim=128,

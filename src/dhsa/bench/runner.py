@@ -171,6 +171,10 @@ def measure_case(contender, q, k, v, config, backend, preset, device) -> dict:
         select_timing = time_call(prepared.select_only, device, preset.repeats, 0)
         record["select_ms"] = select_timing["median_ms"]
         record["select_share"] = select_timing["median_ms"] / timing["median_ms"]
+    if prepared.attend_only is not None:
+        record["attend_ms"] = time_call(prepared.attend_only, device, preset.repeats, 1)[
+            "median_ms"
+        ]
     return record
 
 

@@ -1,0 +1,126 @@
+"""Decode benchmark: one new query per sequence against an ``L``-long cache, dense vs sparse.
+
+Dense is SDPA with one query (its best kernel on the device). Sparse decode is what a model pays
+per layer and token: :class:`dhsa.decode.DecodeSession` absorbs the new key and selects (sink,
+local window, best chunks within the budget), then the layout is attended. Timed per step over
+consecutive tokens, so the incremental state really advances; ``attend_ms`` is the attention over
+a fixed selection alone. A speedup is recorded only when the sparse output passed the float64
+spot check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import DHSAConfig
+from ..decode import DecodeSession
+from ..kernels import attend
+from .check import spot_check, tolerance
+from .measure import peak_extra_memory, synchronize, time_call
+from .runner import device_name, resolve_device
+
+
+def _dense_decode(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def decode_case(q, k, v, config: DHSAConfig, backend: str, steps: int, repeats: int) -> dict:
+    """Per-token time of sparse decode over ``k, v [B, Hkv, L + steps, D]``: the state is built on
+    the first ``L`` keys, then each timed step adds one key and selects and attends."""
+    device = q.device
+    length = k.shape[2] - steps
+    session = DecodeSession()
+    session.select(q, k[:, :, :length], config, layer=0)
+    times = []
+    for n in range(length + 1, length + steps + 1):
+        keys, values = k[:, :, :n], v[:, :, :n]
+        synchronize(device)
+        start = time.perf_counter()
+        layout = session.select(q, keys, config, layer=0)
+        out = attend(q, keys, values, layout, backend=backend)
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    error = spot_check(q, keys, values, out, layout, samples=1)
+    attend_ms = time_call(
+        lambda: attend(q, keys, values, layout, backend=backend), device, repeats, 2
+    )["median_ms"]
+    return {
+        "step_ms": statistics.median(times[2:] or times),
+        "attend_ms": attend_ms,
+        "selected": float(layout.num_selected().float().mean()),
+        "check_rel_error": error,
+        "check_passed": error <= tolerance(q.dtype),
+    }
+
+
+def run_decode_bench(
+    *,
+    lengths: tuple[int, ...],
+    budgets: tuple[int, ...],
+    batches: tuple[int, ...],
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    dtype: str,
+    device: str,
+    out_path: str | Path,
+    command: str,
+    backend: str = "auto",
+    steps: int = 16,
+    repeats: int = 20,
+    config: DHSAConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Dense vs sparse decode per token at every length, batch and budget; JSON kept current."""
+    device_ = resolve_device(device)
+    torch_dtype = getattr(torch, dtype)
+    base = (config or DHSAConfig()).replace(min_length=0)
+    document = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device_),
+        "torch": torch.__version__,
+        "shape": dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype),
+        "steps": steps,
+        "records": [],
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(lengths) * len(batches) * (1 + len(budgets)), desc="dhsa decode bench",
+               disable=not progress)
+    for length in lengths:
+        for batch in batches:
+            generator = torch.Generator().manual_seed(length + batch)
+            shape = (batch, kv_heads, length + steps, head_dim)
+            k, v = (torch.randn(shape, generator=generator).to(device_, torch_dtype) for _ in "kv")
+            q = torch.randn((batch, q_heads, 1, head_dim), generator=generator)
+            q = q.to(device_, torch_dtype)
+            dense_call = functools.partial(_dense_decode, q, k[:, :, :length], v[:, :, :length])
+            dense = time_call(dense_call, device_, repeats, 3)
+            dense_mb = peak_extra_memory(dense_call, device_)
+            document["records"].append(dict(
+                contender="dense", length=length, batch=batch, budget=None,
+                step_ms=dense["median_ms"], peak_extra_mb=dense_mb / 2**20,
+            ))
+            bar.update(1)
+            for budget in budgets:
+                record = decode_case(q, k, v, base.replace(budget=budget), backend, steps, repeats)
+                record.update(contender="dhsa", length=length, batch=batch, budget=budget)
+                if record["check_passed"]:
+                    record["speedup"] = dense["median_ms"] / record["step_ms"]
+                    record["attend_speedup"] = dense["median_ms"] / record["attend_ms"]
+                document["records"].append(record)
+                bar.update(1)
+            out_path.write_text(json.dumps(document, indent=1))
+            del k, v
+    bar.close()
+    return document

@@ -1,0 +1,158 @@
+"""End-to-end benchmark of a whole model: time to first token, peak memory and decode speed.
+
+A model of a known size is built from its configuration with random weights (no download): what
+is measured is the cost of the computation, which does not depend on the weights' values. Each
+length runs dense (``sdpa``) and dhsa on the same model and the same prompt tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..config import DHSAConfig
+from .measure import synchronize
+from .runner import device_name, resolve_device
+
+# Configurations by name: sizes of published models, and a tiny one for tests.
+MODEL_SIZES = {
+    "llama-3.1-8b": dict(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+    ),
+    "tiny": dict(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+    ),
+}
+
+
+def build_model(size: str, device: torch.device, dtype: torch.dtype):
+    """A Llama model of ``size`` (a key of ``MODEL_SIZES``) with random weights on ``device``."""
+    import transformers
+
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}: allowed {sorted(MODEL_SIZES)}")
+    config = transformers.LlamaConfig(**MODEL_SIZES[size])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, attn_implementation="sdpa", dtype=dtype
+        )
+    return model.eval()
+
+
+def _use(model, method: str, config: DHSAConfig) -> None:
+    from ..hf import configure
+
+    if method == "dense":
+        model.set_attn_implementation("sdpa")
+    else:
+        configure(model, config, method=method)
+
+
+def _peak_mb(device: torch.device, before: int) -> float:
+    if device.type != "cuda":
+        return float("nan")
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def prefill_and_decode(model, ids: torch.Tensor, decode_tokens: int) -> dict:
+    """Prefill ``ids [1, L]`` (logits of the last position only), then greedy decode."""
+    from transformers import DynamicCache
+
+    device = ids.device
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        start = time.perf_counter()
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        synchronize(device)
+        ttft = time.perf_counter() - start
+        prefill_mb = _peak_mb(device, before)
+        token = out.logits[:, -1:].argmax(dim=-1)
+        steps = []
+        for _ in range(decode_tokens):
+            start = time.perf_counter()
+            out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1:].argmax(dim=-1)
+            synchronize(device)
+            steps.append(time.perf_counter() - start)
+    step = statistics.median(steps[1:] or steps) if steps else float("nan")
+    return {
+        "ttft_ms": ttft * 1e3,
+        "prefill_peak_mb": prefill_mb,
+        "peak_mb": _peak_mb(device, before),
+        "decode_ms_per_token": step * 1e3,
+        "decode_tokens_per_s": 1.0 / step if steps else float("nan"),
+    }
+
+
+def run_model_bench(
+    *,
+    size: str,
+    lengths: tuple[int, ...],
+    methods: tuple[str, ...],
+    config: DHSAConfig,
+    device: str,
+    dtype: str,
+    out_path: str | Path,
+    command: str,
+    decode_tokens: int = 16,
+    progress: bool = True,
+) -> dict:
+    """TTFT, peak memory and decode speed of every method at every length; JSON kept current.
+
+    Every method first runs once at the shortest length, untimed (kernel compilation, caches).
+    """
+    device_ = resolve_device(device)
+    model = build_model(size, device_, getattr(torch, dtype))
+    document = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device_),
+        "torch": torch.__version__,
+        "model": dict(size=size, **MODEL_SIZES[size], dtype=dtype),
+        "config": dataclasses.asdict(config),
+        "records": [],
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    warm = torch.randint(0, vocab, (1, min(lengths)), generator=generator).to(device_)
+    for method in methods:
+        _use(model, method, config)
+        prefill_and_decode(model, warm, 2)
+    bar = tqdm(total=len(lengths) * len(methods), desc="dhsa model bench", disable=not progress)
+    for length in lengths:
+        ids = torch.randint(0, vocab, (1, length), generator=generator).to(device_)
+        dense_ms = None
+        for method in methods:
+            bar.set_postfix_str(f"L={length} {method}")
+            _use(model, method, config)
+            record = dict(method=method, length=length)
+            record.update(prefill_and_decode(model, ids, decode_tokens))
+            if method == "dense":
+                dense_ms = record
+            elif dense_ms is not None:
+                record["ttft_speedup"] = dense_ms["ttft_ms"] / record["ttft_ms"]
+                record["decode_speedup"] = (
+                    dense_ms["decode_ms_per_token"] / record["decode_ms_per_token"]
+                )
+            document["records"].append(record)
+            out_path.write_text(json.dumps(document, indent=1))
+            bar.update(1)
+    bar.close()
+    return document
