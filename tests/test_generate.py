@@ -80,8 +80,12 @@ def hf_greedy(folder, text, steps, attn="sdpa"):
 
 def test_dense_and_covering_budget_match_hf_generate(tiny_llama, prompt_file, tmp_path, capsys):
     out = tmp_path / "gen.json"
-    code = run_generate(tiny_llama, prompt_file, out, "--method", "dhsa,block_sparse",
-                        "--budget", "1024", "--max-new-tokens", "12")
+    threads = torch.get_num_threads()
+    try:
+        code = run_generate(tiny_llama, prompt_file, out, "--method", "dhsa,block_sparse",
+                            "--budget", "1024", "--max-new-tokens", "12", "--threads", "1")
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     printed = capsys.readouterr().out
     document = json.loads(out.read_text())
@@ -101,6 +105,7 @@ def test_dense_and_covering_budget_match_hf_generate(tiny_llama, prompt_file, tm
     assert all(r["attention"] == "dhsa" and r["matches_dense"] is True for r in rows[1:])
     assert document["command"].startswith("dhsa generate --model")
     assert document["model"] == tiny_llama and document["load_seconds"] > 0
+    assert document["device"].endswith("CPU (1 threads)")
     assert f"| dhsa@1024 | {len(PROMPT)} | 12 |" in printed
 
 
@@ -162,4 +167,6 @@ def test_errors_name_the_problem(tiny_llama, tmp_path, prompt_file, capsys):
     assert "no chat template" in capsys.readouterr().err
     assert run_generate(tiny_llama, prompt_file, tmp_path / "x.json", "--budget", "100") == 2
     assert "budget=100" in capsys.readouterr().err
+    assert run_generate(tiny_llama, prompt_file, tmp_path / "x.json", "--threads", "0") == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

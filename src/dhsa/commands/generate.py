@@ -54,6 +54,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
@@ -291,7 +293,13 @@ def run(args) -> int:
         raise CommandError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.min_length < 0:
         raise CommandError(f"--min-length must be >= 0, got {args.min_length}")
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be >= 1, got {args.threads}")
     runs = contenders(([] if args.no_dense else ["dense"]) + methods, parse_lengths(args.budgets))
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, tokenizer = open_model(args)
     load_s = time.perf_counter() - start
