@@ -16,7 +16,16 @@ from dhsa.chunking.learned import (
     load_predictor,
     save_predictor,
 )
-from dhsa.chunking.training import LabelledKeys, evaluate, focal_bce, train_predictor
+from dhsa.chunking.training import (
+    LabelledKeys,
+    best_f1_threshold,
+    calibrate_threshold,
+    checkpoint_history,
+    evaluate,
+    f1_score,
+    focal_bce,
+    train_predictor,
+)
 
 
 def test_labels_match_their_definition(rng):
@@ -89,9 +98,60 @@ def test_training_resumes_from_its_checkpoint(rng, tmp_path):
     checkpoint = tmp_path / "run.ckpt"
     train_predictor(examples, **{**kwargs, "steps": 8}, checkpoint=checkpoint)
     assert torch.load(checkpoint, weights_only=True)["step"] == 8
+    first_history = checkpoint_history(checkpoint)
+    assert [h["step"] for h in first_history] == [4, 8]
     resumed = train_predictor(examples, **kwargs, checkpoint=checkpoint)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+    # The loss history continues across the resume instead of starting over.
+    history = checkpoint_history(checkpoint)
+    assert [h["step"] for h in history] == [4, 8, 12] and history[:2] == first_history
+    assert checkpoint_history(tmp_path / "none.ckpt") == []
+
+
+def test_training_loss_falls(rng, tmp_path):
+    checkpoint = tmp_path / "run.ckpt"
+    train_predictor(_topic_examples(rng, 6), steps=200, batch=64, lr=3e-3, progress=False,
+                    checkpoint=checkpoint, checkpoint_every=50)
+    history = checkpoint_history(checkpoint)
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+
+
+def test_checkpoint_of_another_predictor_shape_is_refused(rng, tmp_path):
+    examples = _topic_examples(rng, 2, length=60)
+    checkpoint = tmp_path / "run.ckpt"
+    train_predictor(examples, window=4, steps=2, batch=8, progress=False, checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="--restart"):
+        train_predictor(examples, window=3, steps=4, batch=8, progress=False,
+                        checkpoint=checkpoint)
+
+
+def test_best_f1_threshold_picks_the_best_cut_of_the_ranking(rng):
+    logits = torch.randn(300, generator=rng)
+    targets = (logits + 0.8 * torch.randn(300, generator=rng)) > 0.7
+    threshold = best_f1_threshold(logits, targets)
+    best = f1_score(logits > threshold, targets)
+    candidates = torch.cat([logits, logits.min()[None] - 1])
+    assert best == pytest.approx(max(f1_score(logits > c, targets) for c in candidates))
+    assert best > f1_score(torch.ones_like(targets), targets)
+    # With every cut positive, all-boundary is best: the threshold lies below every logit.
+    assert best_f1_threshold(logits, torch.ones_like(targets)) < float(logits.min())
+
+
+def test_calibration_moves_logit_zero_to_the_best_threshold(rng):
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    examples = _topic_examples(rng, 3)
+    predictor = BoundaryPredictor(16, window=4, heads=4, hidden=32).eval()
+    with torch.no_grad():
+        before = torch.cat([predictor(e.keys[None])[0][e.valid] for e in examples])
+    targets = torch.cat([e.labels[e.valid] for e in examples])
+    shift = calibrate_threshold(predictor, examples)
+    with torch.no_grad():
+        after = torch.cat([predictor(e.keys[None])[0][e.valid] for e in examples])
+    torch.testing.assert_close(after, before - shift)
+    assert evaluate(predictor, examples)["f1_learned"] == pytest.approx(
+        f1_score(before > best_f1_threshold(before, targets), targets)
+    )
 
 
 def test_config_loads_the_predictor_and_selects(rng, tmp_path):
@@ -135,3 +195,40 @@ def test_clear_errors_for_missing_wrong_and_mismatched_files(rng, tmp_path):
     k = torch.randn(1, 1, 64, 16, generator=rng)
     with pytest.raises(ValueError, match="head size 32"):
         dhsa.select(torch.randn(1, 1, 64, 16, generator=rng), k, config)
+
+
+def test_train_predictor_command_relabels_when_settings_change(rng, tmp_path, monkeypatch):
+    import argparse
+
+    from dhsa.commands import train_predictor as command
+
+    calls = []
+
+    def collect(args, layers, text):
+        calls.append((args.length, layers))
+        return [_topic_examples(rng, len(layers), length=args.length) for _ in range(args.slices)]
+
+    monkeypatch.setattr(command, "_collect", collect)
+    text = tmp_path / "text.txt"
+    text.write_text("some text")
+    out = tmp_path / "p.pt"
+    args = argparse.Namespace(
+        model="m", out=str(out), text=str(text), length=40, slices=3, layers="0,2", window=4,
+        ratio=2.0, steps=3, batch=8, lr=1e-3, seed=0, restart=False, no_progress=True,
+    )
+    assert command.run(args) == 0
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["layers"] == [0, 2] and meta["held_out_slices"] == 1
+    assert [h["step"] for h in meta["loss_history"]] == [3]
+    assert set(meta["held_out"]) >= {"f1_learned", "f1_all_boundary", "f1_fixed_spacing"}
+    assert load_predictor(out).head_dim == 16
+    # Same settings: the labelled keys are reused and training resumes (nothing left to do).
+    assert command.run(args) == 0
+    assert calls == [(40, [0, 2])]
+    # Another slice length: the keys are labelled again and the old checkpoint is dropped.
+    old = torch.load(f"{out}.ckpt", weights_only=True)["model"]
+    args.length = 48
+    assert command.run(args) == 0
+    assert calls == [(40, [0, 2]), (48, [0, 2])]
+    new = torch.load(f"{out}.ckpt", weights_only=True)["model"]
+    assert not all(torch.equal(old[name], new[name]) for name in old)

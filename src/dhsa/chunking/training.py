@@ -3,8 +3,12 @@
 Examples are ``(keys [L, D], labels [L - 1], valid [L - 1])`` per (text slice, layer), made by
 :func:`dhsa.chunking.labels.capture_keys_and_labels`. Training samples random labelled cuts, takes
 the ``2w`` keys around each, and minimizes the focal binary cross-entropy (``gamma = 2``) with
-Adam. A checkpoint (model, optimizer, step, generator) is written every ``checkpoint_every``
-steps and picked up again when training restarts with the same checkpoint path.
+Adam. A checkpoint (model, optimizer, step, generator, loss history) is written every
+``checkpoint_every`` steps and picked up again when training restarts with the same checkpoint path.
+
+Focal BCE on rare positives leaves the logits biased low, so the trained predictor's logit 0 is not
+its best decision point: :func:`calibrate_threshold` moves the output bias so that logit 0 is the
+threshold with the best label F1 on the training cuts (the chunker's default threshold is 0).
 """
 
 from __future__ import annotations
@@ -80,24 +84,31 @@ def train_predictor(
     checkpoint_every: int = 200,
     progress: bool = True,
 ) -> BoundaryPredictor:
-    """Train a :class:`BoundaryPredictor` on ``examples``; resumes from ``checkpoint`` if present."""
+    """Train a :class:`BoundaryPredictor` on ``examples``; resumes from ``checkpoint`` if present
+    (ValueError when it was made for another predictor shape)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     predictor = BoundaryPredictor(examples[0].keys.shape[-1], window=window)
     optimizer = torch.optim.Adam(predictor.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    start = 0
+    start, history = 0, []
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("config") != predictor.constructor_args():
+            raise ValueError(
+                f"checkpoint {checkpoint} was made for a predictor {state.get('config')}, not "
+                f"{predictor.constructor_args()}: delete it (or pass --restart) to train afresh"
+            )
         predictor.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start = int(state["step"])
+        start, history = int(state["step"]), list(state.get("history", []))
         logger.info("resuming boundary predictor training at step %d from %s", start, checkpoint)
     cuts = _valid_cuts(examples)
     predictor.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train")
+    interval_loss, interval_steps = 0.0, 0
     for step in bar:
         windows, labels = _sample_batch(examples, cuts, window, batch, generator)
         present = torch.ones(windows.shape[:2], dtype=torch.bool)
@@ -105,19 +116,70 @@ def train_predictor(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        interval_loss, interval_steps = interval_loss + loss.item(), interval_steps + 1
         done = step + 1
-        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
-            torch.save(
-                {
-                    "model": predictor.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "step": done,
-                },
-                checkpoint,
-            )
+        if done % checkpoint_every == 0 or done == steps:
+            history.append({"step": done, "loss": interval_loss / interval_steps})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            logger.info("step %d: mean focal loss %.5f", done, history[-1]["loss"])
+            interval_loss, interval_steps = 0.0, 0
+            if checkpoint is not None:
+                torch.save(
+                    {
+                        "config": predictor.constructor_args(),
+                        "model": predictor.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "step": done,
+                        "history": history,
+                    },
+                    checkpoint,
+                )
     return predictor.eval()
+
+
+def checkpoint_history(checkpoint: str | Path) -> list[dict]:
+    """The mean training loss per checkpoint interval, ``[{"step", "loss"}]``, stored in a
+    checkpoint written by :func:`train_predictor` (empty when there is none)."""
+    if not Path(checkpoint).is_file():
+        return []
+    return list(torch.load(checkpoint, map_location="cpu", weights_only=True).get("history", []))
+
+
+def _logits_and_targets(predictor: BoundaryPredictor, examples: list[LabelledKeys]):
+    """Logits and labels of every labelled cut of ``examples``, concatenated."""
+    logits, targets = [], []
+    with torch.no_grad():
+        for ex in examples:
+            logits.append(predictor(ex.keys[None].float())[0][ex.valid])
+            targets.append(ex.labels[ex.valid])
+    return torch.cat(logits), torch.cat(targets)
+
+
+def best_f1_threshold(logits: Tensor, targets: Tensor) -> float:
+    """The logit threshold (``logit > threshold`` is a boundary) with the highest F1."""
+    order = torch.argsort(logits, descending=True)
+    ranked = logits[order].double()
+    true_positives = targets[order].double().cumsum(0)
+    predicted = torch.arange(1, ranked.numel() + 1, dtype=torch.float64)
+    # F1 = 2 TP / (predicted positives + actual positives); only cut between distinct logits.
+    f1 = 2 * true_positives / (predicted + targets.sum().double())
+    distinct = torch.ones_like(f1, dtype=torch.bool)
+    distinct[:-1] = ranked[1:] < ranked[:-1]
+    best = int(torch.argmax(torch.where(distinct, f1, torch.full_like(f1, -1.0))))
+    if best == ranked.numel() - 1:
+        return float(ranked[-1]) - 1.0
+    return float((ranked[best] + ranked[best + 1]) / 2)
+
+
+def calibrate_threshold(predictor: BoundaryPredictor, examples: list[LabelledKeys]) -> float:
+    """Shift ``predictor``'s output bias so that logit 0 is the threshold with the best label F1
+    on ``examples``; returns the shift (the old logit that now reads 0)."""
+    threshold = best_f1_threshold(*_logits_and_targets(predictor, examples))
+    with torch.no_grad():
+        predictor.mlp[-1].bias -= threshold
+    logger.info("boundary predictor threshold calibrated: old logit %.4f is now 0", threshold)
+    return threshold
 
 
 def evaluate(
@@ -151,4 +213,13 @@ def evaluate(
     }
 
 
-__all__ = ["LabelledKeys", "evaluate", "f1_score", "focal_bce", "train_predictor"]
+__all__ = [
+    "LabelledKeys",
+    "best_f1_threshold",
+    "calibrate_threshold",
+    "checkpoint_history",
+    "evaluate",
+    "f1_score",
+    "focal_bce",
+    "train_predictor",
+]
