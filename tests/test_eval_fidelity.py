@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import make_qkv
 from dhsa import DHSAConfig, select
 from dhsa.eval.fidelity import (
     FidelityProbe,
@@ -15,8 +16,6 @@ from dhsa.eval.fidelity import (
     run_fidelity,
     summarize_fidelity,
 )
-
-from conftest import make_qkv
 
 CONFIG = DHSAConfig(budget=96, sink=16, local=32, query_block=16, min_length=0, min_chunk=4,
                     max_chunk=24, chunk_size=16)
@@ -109,3 +108,66 @@ def test_probe_records_every_layer_and_keeps_outputs():
     summary = {s["method"]: s for s in summarize_fidelity(records)}
     assert summary["dense"]["layers"] == 3
     assert summary["streaming"]["worst_recall"] <= summary["streaming"]["recall"]
+
+
+def _eval_args(tmp_path, *extra):
+    import argparse
+
+    from dhsa.eval.options import add_model_options
+
+    parser = argparse.ArgumentParser()
+    add_model_options(parser, str(tmp_path / "out.jsonl"))
+    return parser.parse_args(["--model", "m", *extra])
+
+
+def test_eval_options_take_the_learned_chunker(tmp_path):
+    from dhsa.chunking.learned import BoundaryPredictor, save_predictor
+    from dhsa.commands.fidelity import method_label
+    from dhsa.eval.options import base_config
+
+    path = tmp_path / "p.pt"
+    save_predictor(BoundaryPredictor(16, window=2, heads=2, hidden=8), path)
+    config = base_config(_eval_args(tmp_path, "--chunker", "learned", "--predictor", str(path),
+                                    "--boundaries", "per-layer"))
+    assert (config.chunker, config.predictor, config.share_boundaries) == (
+        "learned", str(path), False)
+    assert base_config(_eval_args(tmp_path)).share_boundaries
+    with pytest.raises(ValueError, match="predictor=PATH"):
+        base_config(_eval_args(tmp_path, "--chunker", "learned"))
+    with pytest.raises(ValueError, match="only with --chunker learned"):
+        base_config(_eval_args(tmp_path, "--predictor", str(path)))
+    with pytest.raises(FileNotFoundError, match="train-predictor"):
+        base_config(_eval_args(tmp_path, "--chunker", "learned", "--predictor", "missing.pt"))
+    assert method_label("dhsa", "similarity", True) == "dhsa"
+    assert method_label("dhsa", "learned", True) == "dhsa:learned"
+    assert method_label("dhsa", "fixed", False) == "dhsa:fixed/per-layer"
+    assert method_label("block_sparse", "learned", False) == "block_sparse"
+
+
+def test_probe_chunks_with_the_learned_predictor(tmp_path):
+    from dhsa.chunking.labels import capture_keys_and_labels
+    from dhsa.chunking.learned import (
+        BoundaryPredictor,
+        learned_boundaries,
+        load_predictor,
+        save_predictor,
+    )
+
+    model = tiny_llama()
+    ids = torch.randint(0, 97, (1, 283))
+    predictor = BoundaryPredictor(16, window=2, heads=2, hidden=8)
+    with torch.no_grad():
+        predictor.mlp[-1].bias += 1e3  # every cut passes the threshold: NMS decides
+    path = tmp_path / "p.pt"
+    save_predictor(predictor, path)
+    config = CONFIG.replace(chunker="learned", predictor=str(path))
+    probe = FidelityProbe(config, ["dhsa", "block_sparse"], max_query_blocks=3)
+    records = run_fidelity(model, ids, probe)
+    assert [r["method"] for r in records] == ["dhsa", "block_sparse"] * 3
+    assert all(0.0 < r["recall"] <= 1.0 + 1e-6 for r in records)
+    # Shared boundaries are the predictor's on the first layer's keys (averaged over KV heads).
+    keys = capture_keys_and_labels(model, ids, [0])[0][0]
+    expected = learned_boundaries(keys[None, None], load_predictor(path), min_chunk=4,
+                                  max_chunk=24)
+    assert torch.equal(probe.boundaries, expected)
+    assert expected.shape[1] - 1 > 2 * -(-283 // 24)  # the predictor cut, not max-length splits

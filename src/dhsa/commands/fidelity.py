@@ -7,6 +7,17 @@ from pathlib import Path
 KEY = ("model", "seed", "length", "budget", "index", "layer", "method")
 
 
+def method_label(method: str, chunker: str, shared: bool) -> str:
+    """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity`` or
+    with per-layer boundaries is told apart (``dhsa:learned``, ``dhsa:fixed/per-layer``), so runs
+    of several chunkers can share one result file and one summary."""
+    if method != "dhsa":
+        return method
+    return method + ("" if chunker == "similarity" else f":{chunker}") + (
+        "" if shared else "/per-layer"
+    )
+
+
 def add_parser(subparsers) -> None:
     from ..eval.options import add_model_options
 
@@ -16,7 +27,9 @@ def add_parser(subparsers) -> None:
         description="Runs one prefill per prompt with a recording attention function and, in "
         "every layer, measures for each method the fraction of the dense softmax mass its "
         "selection keeps (attention recall), the relative output error against dense attention "
-        "and the density. Writes a resumable JSONL file, a summary JSON and a per-layer PNG.",
+        "and the density. Writes a resumable JSONL file, a summary JSON and a per-layer PNG. "
+        "dhsa with another chunker or per-layer boundaries is recorded as e.g. dhsa:learned, so "
+        "runs with different --chunker can share one --out file.",
     )
     add_model_options(p, "benchmarks/accuracy/fidelity.jsonl")
     p.add_argument("--length", "--lengths", dest="lengths", default="4k",
@@ -25,7 +38,8 @@ def add_parser(subparsers) -> None:
                    help="comma-separated methods (default %(default)s)")
     p.add_argument("--budget", "--budgets", dest="budgets", default="1024,2048",
                    help="comma-separated token budgets (default %(default)s)")
-    p.add_argument("--samples", type=int, default=2, help="prompts per length (default %(default)s)")
+    p.add_argument("--samples", type=int, default=2,
+                   help="prompts per length (default %(default)s)")
     p.add_argument("--max-query-blocks", type=int, default=32,
                    help="query blocks evaluated per layer, evenly spaced (default %(default)s)")
     p.set_defaults(run=run)
@@ -35,8 +49,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..eval.fidelity import FidelityProbe, fidelity_summary, run_fidelity
-    from ..eval.haystack import essay_sentences
     from ..eval.generation import token_counter
+    from ..eval.haystack import essay_sentences
     from ..eval.niah import niah_sample
     from ..eval.options import base_config, model_label, open_model, parse_lengths, parse_names
     from ..eval.results import ResultStore, describe_device, write_json
@@ -55,20 +69,22 @@ def run(args) -> int:
     store.start_run(
         kind="fidelity", command=args.command_line, device=describe_device(args.device),
         model=args.model, dtype=args.dtype, lengths=lengths, methods=methods, budgets=budgets,
-        samples=args.samples, seed=args.seed, chunker=args.chunker,
-        max_query_blocks=args.max_query_blocks,
+        samples=args.samples, seed=args.seed, chunker=args.chunker, predictor=args.predictor,
+        boundaries=args.boundaries, max_query_blocks=args.max_query_blocks,
     )
+    config = base_config(args)
+    label = {m: method_label(m, config.chunker, config.share_boundaries) for m in methods}
     passes = [(n, b, i) for n in sorted(lengths) for b in budgets for i in range(args.samples)]
     for length, budget, index in tqdm(passes, disable=args.no_progress, desc="prefills"):
         base = {"model": name, "seed": args.seed, "length": length, "budget": budget,
                 "index": index}
-        if store.done({**base, "layer": 0, "method": methods[0]}):
+        if store.done({**base, "layer": 0, "method": label[methods[0]]}):
             continue
         sample = niah_sample(length, 0.5, index, count, essays, args.seed)
         ids = tokenizer(sample.prompt, return_tensors="pt")["input_ids"].to(args.device)
-        probe = FidelityProbe(base_config(args).replace(budget=budget), methods,
-                              args.max_query_blocks)
+        probe = FidelityProbe(config.replace(budget=budget), methods, args.max_query_blocks)
         for record in run_fidelity(model, ids, probe):
+            record["method"] = label[record["method"]]
             store.add({**base, **record, "prompt_tokens": ids.shape[1]})
     document = fidelity_summary(store)
     paths = [write_json(out.with_suffix(".json"), document)]

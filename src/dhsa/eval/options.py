@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..config import DHSAConfig
+from ..config import CHUNKERS, DHSAConfig
 from .haystack import DEFAULT_HAYSTACK
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -18,7 +18,9 @@ def parse_lengths(text: str) -> list[int]:
     for part in (p.strip() for p in text.split(",")):
         match = _LENGTH.match(part)
         if not match or int(match.group(1)) == 0:
-            raise ValueError(f"bad length {part!r} in {text!r}: use positive integers like 4096 or 4k")
+            raise ValueError(
+                f"bad length {part!r} in {text!r}: use positive integers like 4096 or 4k"
+            )
         lengths.append(int(match.group(1)) * (1024 if match.group(2) else 1))
     return lengths
 
@@ -40,15 +42,25 @@ def add_model_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--haystack", default=DEFAULT_HAYSTACK,
                    help="essay JSON {\"text\": ...} used as haystack (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
-    p.add_argument("--chunker", choices=["similarity", "fixed"], default="similarity",
-                   help="dhsa chunker")
+    p.add_argument("--chunker", choices=CHUNKERS, default="similarity",
+                   help="dhsa chunker (default %(default)s)")
+    p.add_argument("--predictor", help="boundary predictor file of --chunker learned "
+                   "(made by `dhsa train-predictor`)")
+    p.add_argument("--boundaries", choices=["shared", "per-layer"], default="shared",
+                   help="dhsa chunk boundaries computed once (first layer) and shared by all "
+                   "layers, or per layer (default %(default)s)")
     p.add_argument("--out", default=default_out,
                    help="result file (JSONL, resumable); summary JSON and PNGs go beside it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def base_config(args) -> DHSAConfig:
-    return DHSAConfig(chunker=args.chunker, min_length=0)
+    """The dhsa configuration the options ask for; ValueError for a predictor without
+    ``--chunker learned`` (it would be ignored) or a learned chunker without a predictor."""
+    if args.predictor and args.chunker != "learned":
+        raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
+    return DHSAConfig(chunker=args.chunker, predictor=args.predictor, min_length=0,
+                      share_boundaries=args.boundaries == "shared")
 
 
 def open_model(args):
