@@ -195,3 +195,18 @@ def test_non_finite_values_never_become_finite_output_in_dense_paths(rng):
             q, k, v, DHSAConfig(budget=256, min_length=0), method=method, backend="torch"
         )
         assert not torch.isfinite(out[0, :, 3:]).all()
+
+
+@pytest.mark.parametrize("likely", [1, 3, 10_000])
+def test_greedy_fill_does_not_depend_on_the_first_top_k_guess(rng, monkeypatch, likely):
+    """The fill first ranks a guessed number of chunks and falls back to the sure bound when some
+    block needs more: either way the layout is the one the sure bound gives."""
+    import dhsa.methods.greedy as greedy
+
+    q, k, _ = make_qkv(2, 4, 2, 700, 700, 16, rng)
+    config = DHSAConfig(budget=160, sink=8, local=16, query_block=16, min_chunk=2, max_chunk=40)
+    expected = dhsa.select(q, k, config, method="dhsa")
+    monkeypatch.setattr(greedy, "likely_chunks_taken", lambda bounds, remaining: likely)
+    got = dhsa.select(q, k, config, method="dhsa")
+    for name in ("offsets", "starts", "ends"):
+        assert torch.equal(getattr(got, name), getattr(expected, name))

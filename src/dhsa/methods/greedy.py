@@ -49,7 +49,9 @@ def greedy_layout(
     chunk_hi = bounds[:, None, 1:]
     fixed_starts, fixed_ends = regions.fixed_spans()
     remaining = torch.clamp(budget - regions.fixed_cost, min=0)
-    top = min(num_chunks, max_chunks_taken(bounds, int(remaining.max())))
+    most = int(remaining.max())
+    top = min(num_chunks, max_chunks_taken(bounds, most))
+    likely = min(top, likely_chunks_taken(bounds, most))
     tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
     finite = torch.ones((), dtype=torch.bool, device=q_rep.device)
     rows, starts, ends = [], [], []
@@ -61,18 +63,26 @@ def greedy_layout(
         hi = torch.minimum(chunk_hi, regions.candidate_end[q0:q1, None])
         cost = torch.clamp(hi - lo, min=0)[:, None].expand(-1, kv_heads, -1, -1)
         scores = torch.where(cost > 0, scores, torch.full_like(scores, -torch.inf))
-        order = torch.topk(scores, top, dim=-1, sorted=True).indices
+        tile_remaining = remaining[None, None, q0:q1, None]
+        # The fill nearly always ends within the `likely` best chunks; only when some block of
+        # the tile needs more (its best `likely` chunks are all short) is the sure bound used.
+        best, order = torch.topk(scores, likely, dim=-1, sorted=True)
         cost_sorted = cost.gather(-1, order)
+        if likely < top and bool(
+            ((cost_sorted.sum(-1, keepdim=True) < tile_remaining) & (best[..., -1:] > -torch.inf))
+            .any()
+        ):
+            order = torch.topk(scores, top, dim=-1, sorted=True).indices
+            cost_sorted = cost.gather(-1, order)
         before = cost_sorted.cumsum(-1) - cost_sorted
-        take = torch.minimum(
-            torch.clamp(remaining[None, None, q0:q1, None] - before, min=0), cost_sorted
-        )
+        take = torch.minimum(torch.clamp(tile_remaining - before, min=0), cost_sorted)
         span_end = hi[:, None].expand(-1, kv_heads, -1, -1).gather(-1, order)
         shape = (batch, kv_heads, q1 - q0, 2)
         tile_starts = torch.cat([fixed_starts[q0:q1].expand(shape), span_end - take], dim=-1)
         tile_ends = torch.cat([fixed_ends[q0:q1].expand(shape), span_end], dim=-1)
+        width = tile_starts.shape[-1]
         counts, s, e, _ = merge_padded(
-            tile_starts.reshape(-1, top + 2), tile_ends.reshape(-1, top + 2), k_len
+            tile_starts.reshape(-1, width), tile_ends.reshape(-1, width), k_len
         )
         bh = torch.arange(batch * kv_heads, device=q_rep.device)[:, None]
         global_rows = (bh * num_blocks + torch.arange(q0, q1, device=q_rep.device)).reshape(-1)
@@ -102,3 +112,12 @@ def max_chunks_taken(bounds: Tensor, remaining: int) -> int:
     lengths = bounds[:, 1:] - bounds[:, :-1]
     shortest = int(torch.where(lengths > 0, lengths, remaining + 1).min()) if remaining else 1
     return max(1, -(-remaining // max(shortest, 1)) + 2)
+
+
+def likely_chunks_taken(bounds: Tensor, remaining: int) -> int:
+    """A first guess at :func:`max_chunks_taken`: a quarter more chunks than ``remaining`` keys
+    fill at the mean chunk length of ``bounds [B, N + 1]``, plus the two edge chunks."""
+    lengths = bounds[:, 1:] - bounds[:, :-1]
+    chunks = max(int((lengths > 0).sum()), 1)
+    mean = float(lengths.sum()) / chunks
+    return max(1, int(1.25 * remaining / max(mean, 1.0)) + 3)
