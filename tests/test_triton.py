@@ -118,6 +118,7 @@ def test_prefill_head_dim_256_with_span_bias_and_empty_rows(rng):
     layout = random_spans_layout(
         rng, batch=1, kv_heads=1, q_len=45, k_len=70, query_block=16, bias=True, empty=0.3
     )
+    layout = move_layout(layout, DEVICE)
     out = launch_prefill(q, k, v, layout, scale=0.07, softcap=None, out=poisoned(q))
     assert_close_to_reference(out, q, k, v, layout, scale=0.07)
 

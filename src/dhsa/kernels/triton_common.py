@@ -1,12 +1,12 @@
 """Triton building blocks shared by the prefill and decode kernels.
 
 Both kernels read keys straight from a layout row's spans. The keys a row selects, span after
-span, form a *key stream*: virtual index ``t`` runs over ``[prefix[first_span], prefix[last_span +
-1])`` where ``prefix`` (int64 ``[nnz + 1]``) is the running total of span lengths over the whole
-layout. Tiles of ``BLOCK_N`` consecutive stream entries are dense for the matrix units however short
-the spans are (chunks of 8 to 128 keys would waste most of a tile if each span were tiled on its
-own); each entry's key position is found from the spans covering the tile, and K/V rows are
-gathered by position (no copy of K/V is ever made).
+span, form a *key stream*: entry ``t`` of row ``r`` runs over ``[row_stream[r], row_stream[r + 1])``
+and ``key_pos[t]`` is its key position (:func:`key_stream`, one int32 per selected key: memory
+``O(L / query_block * budget)``, no copy of K/V). Tiles of ``BLOCK_N`` consecutive stream entries
+are dense for the matrix units however short the spans are (chunks of 8 to 128 keys would waste
+most of a tile if each span were tiled on its own), and each tile's positions come from one
+contiguous load, so K/V rows are gathered with no search over the spans.
 """
 
 from __future__ import annotations
@@ -25,18 +25,6 @@ def tanh(x):
 
 
 @triton.jit
-def find_span(prefix, lo, hi, t):
-    """The span ``s`` in ``[lo, hi)`` whose stream range holds ``t``: last ``prefix[s] <= t``."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if tl.load(prefix + mid) <= t:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-@triton.jit
 def attend_stream(
     acc,
     m_i,
@@ -46,11 +34,8 @@ def attend_stream(
     v_base,
     stride_kl,
     stride_vl,
-    prefix,
-    starts,
-    bias,
-    span,
-    span_end,
+    key_pos,
+    key_bias,
     t_begin,
     t_end,
     q_pos,
@@ -71,9 +56,10 @@ def attend_stream(
     """Online-softmax accumulation of stream entries ``[t_begin, t_end)`` into ``acc, m_i, l_i``.
 
     ``q [BLOCK_M, BLOCK_D]`` holds queries at absolute positions ``q_pos [BLOCK_M]`` (all within
-    ``[q_first, q_last]``); ``span`` is the span holding ``t_begin`` and ``span_end`` the row's
-    last span + 1. Logits are kept in base 2 (``qk_scale = scale * log2 e``); with a softcap they
-    are ``cap_out * tanh(cap_in * q.k)``. ``m_i`` may stay ``-inf`` for queries that see no key.
+    ``[q_first, q_last]``); ``key_pos`` / ``key_bias`` are the stream's key positions and, with
+    ``HAS_BIAS``, their float32 logit biases. Logits are kept in base 2 (``qk_scale = scale *
+    log2 e``); with a softcap they are ``cap_out * tanh(cap_in * q.k)``. ``m_i`` may stay ``-inf``
+    for queries that see no key.
     """
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -81,15 +67,7 @@ def attend_stream(
     for t0 in range(t_begin, t_end, BLOCK_N):
         t = t0 + offs_n
         valid = t < t_end
-        # At most BLOCK_N spans can cover BLOCK_N entries: count, for each entry, the candidate
-        # spans that end at or before it.
-        candidate = span + offs_n
-        candidate_ok = candidate < span_end
-        stop = tl.load(prefix + candidate + 1, mask=candidate_ok, other=0)
-        ended = (stop[None, :] <= t[:, None]) & candidate_ok[None, :]
-        span_of_key = span + tl.sum(ended.to(tl.int32), axis=1)
-        first = tl.load(prefix + span_of_key, mask=valid, other=0)
-        pos = tl.load(starts + span_of_key, mask=valid, other=0) + (t - first).to(tl.int32)
+        pos = tl.load(key_pos + t, mask=valid, other=0)
         kv_mask = valid[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -98,14 +76,13 @@ def attend_stream(
         else:
             s = qk * qk_scale
         if HAS_BIAS:
-            s += tl.load(bias + span_of_key, mask=valid, other=0.0)[None, :] * 1.4426950408889634
+            s += tl.load(key_bias + t, mask=valid, other=0.0)[None, :] * 1.4426950408889634
         # Keys of a stream are sorted, so only tiles reaching the queries' own block (causal),
         # the stream's end, or, with a window, the window's far edge need a per-token mask.
-        last_pos = tl.max(tl.where(valid, pos, -1), axis=0)
+        last_pos = tl.load(key_pos + tl.minimum(t0 + BLOCK_N, t_end) - 1)
         need_mask = (t0 + BLOCK_N > t_end) | (last_pos > q_first)
         if HAS_WINDOW:
-            first_pos = tl.min(tl.where(valid, pos, 2147483647), axis=0)
-            need_mask = need_mask | (q_last - first_pos >= window)
+            need_mask = need_mask | (q_last - tl.load(key_pos + t0) >= window)
         if need_mask:
             keep = valid[None, :] & (pos[None, :] <= q_pos[:, None])
             if HAS_WINDOW:
@@ -119,7 +96,6 @@ def attend_stream(
         v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-        span += tl.sum(((stop <= t0 + BLOCK_N) & candidate_ok).to(tl.int32), axis=0)
     return acc, m_i, l_i
 
 
@@ -140,12 +116,31 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise ValueError(f"backend 'triton' needs {name} contiguous in its last dim")
 
 
-def stream_prefix(layout) -> torch.Tensor:
-    """Int64 ``[nnz + 1]``: where each span's keys start in the key stream (see module doc)."""
+def key_stream(layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(row_stream, key_pos, key_bias)`` of a layout (see the module docstring).
+
+    ``row_stream`` int64 ``[rows + 1]``: where each row's entries start; ``key_pos`` int32
+    ``[total]``: the key position of every entry, rows one after another, each row's spans in
+    order; ``key_bias`` float32 ``[total]``: each entry's span bias, or None without one.
+    """
     lengths = (layout.ends - layout.starts).to(torch.int64)
     prefix = torch.zeros(layout.nnz + 1, dtype=torch.int64, device=layout.device)
     torch.cumsum(lengths, 0, out=prefix[1:])
-    return prefix
+    total = int(prefix[-1])
+    if total >= 2**31:
+        raise ValueError(
+            f"the layout selects {total} keys in all, over the Triton backend's int32 key stream: "
+            "attend fewer sequences or heads per call"
+        )
+    span_of_entry = torch.repeat_interleave(
+        torch.arange(layout.nnz, device=layout.device, dtype=torch.int32), lengths,
+        output_size=total,
+    )
+    shift = (layout.starts.to(torch.int64) - prefix[:-1]).to(torch.int32)
+    key_pos = torch.arange(total, device=layout.device, dtype=torch.int32)
+    key_pos += shift[span_of_entry]
+    key_bias = None if layout.span_bias is None else layout.span_bias[span_of_entry]
+    return prefix[layout.offsets], key_pos, key_bias
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -20,9 +20,8 @@ from .triton_common import (
     attend_stream,
     check_inputs,
     dot_precision,
-    find_span,
+    key_stream,
     logit_constants,
-    stream_prefix,
 )
 
 
@@ -34,10 +33,9 @@ def _decode_split_kernel(
     part_acc,
     part_max,
     part_sum,
-    offsets,
-    prefix,
-    starts,
-    bias,
+    row_stream,
+    key_pos,
+    key_bias,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -78,10 +76,8 @@ def _decode_split_kernel(
         other=0.0,
     )
 
-    span_lo = tl.load(offsets + row)
-    span_hi = tl.load(offsets + row + 1)
-    t_lo = tl.load(prefix + span_lo)
-    t_hi = tl.load(prefix + span_hi)
+    t_lo = tl.load(row_stream + row)
+    t_hi = tl.load(row_stream + row + 1)
     # Whole tiles per split, so only the stream's last tile is ragged.
     per_split = tl.cdiv(tl.cdiv(t_hi - t_lo, SPLITS), BLOCK_N) * BLOCK_N
     t_begin = tl.minimum(t_lo + split * per_split, t_hi)
@@ -91,13 +87,11 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     if t_begin < t_end:
-        span = find_span(prefix, span_lo, span_hi, t_begin)
         positions = tl.full([BLOCK_M], 0, dtype=tl.int64) + q_pos
         acc, m_i, l_i = attend_stream(
             acc, m_i, l_i, q,
             K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
-            stride_kl, stride_vl, prefix, starts, bias,
-            span, span_hi, t_begin, t_end,
+            stride_kl, stride_vl, key_pos, key_bias, t_begin, t_end,
             positions, q_pos, q_pos, window, qk_scale, cap_in, cap_out,
             BLOCK_N, HEAD_DIM, BLOCK_D, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, DOT_PRECISION,
         )
@@ -191,7 +185,7 @@ def attend_triton_decode(
     block_n = 32 if dim > 128 else 64
     rows = layout.num_rows
     splits = splits or split_count(rows, layout.k_len, block_n, q.device)
-    prefix = stream_prefix(layout)
+    row_stream, key_pos, key_bias = key_stream(layout)
     part_acc = torch.empty(rows * splits * group, dim, dtype=torch.float32, device=q.device)
     part_max = torch.empty(rows * splits * group, dtype=torch.float32, device=q.device)
     part_sum = torch.empty_like(part_max)
@@ -199,8 +193,8 @@ def attend_triton_decode(
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
     block_d = max(16, triton.next_power_of_2(dim))
     _decode_split_kernel[(rows, splits)](
-        q, k, v, part_acc, part_max, part_sum, layout.offsets, prefix, layout.starts,
-        layout.span_bias if layout.span_bias is not None else prefix,
+        q, k, v, part_acc, part_max, part_sum, row_stream, key_pos,
+        key_pos if key_bias is None else key_bias,
         q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),

@@ -22,8 +22,8 @@ from .triton_common import (
     attend_stream,
     check_inputs,
     dot_precision,
+    key_stream,
     logit_constants,
-    stream_prefix,
 )
 from .triton_decode import attend_triton_decode
 
@@ -34,10 +34,9 @@ def _prefill_kernel(
     K,
     V,
     O,
-    offsets,
-    prefix,
-    starts,
-    bias,
+    row_stream,
+    key_pos,
+    key_bias,
     stride_qb,
     stride_qh,
     stride_ql,
@@ -95,16 +94,14 @@ def _prefill_kernel(
     io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_ptrs + offs_d[None, :], mask=io_mask, other=0.0)
 
-    span = tl.load(offsets + row)
-    span_end = tl.load(offsets + row + 1)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = attend_stream(
         acc, m_i, l_i, q,
         K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
-        stride_kl, stride_vl, prefix, starts, bias,
-        span, span_end, tl.load(prefix + span), tl.load(prefix + span_end),
+        stride_kl, stride_vl, key_pos, key_bias,
+        tl.load(row_stream + row), tl.load(row_stream + row + 1),
         q_pos, q_first, q_last, window, qk_scale, cap_in, cap_out,
         BLOCK_N, HEAD_DIM, BLOCK_D, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, DOT_PRECISION,
     )
@@ -145,25 +142,23 @@ def launch_prefill(
     scale: float,
     softcap: float | None,
     tiles: PrefillTiles | None = None,
-    prefix: Tensor | None = None,
     out: Tensor | None = None,
 ) -> Tensor:
     """Launch :func:`_prefill_kernel` over every layout row, writing into ``out`` (allocated
-    like ``q`` when None); ``prefix`` may pass a precomputed :func:`stream_prefix`."""
+    like ``q`` when None)."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // k.shape[1]
     bq = layout.query_block
     tiles = tiles or default_tiles(dim, group, bq)
-    prefix = stream_prefix(layout) if prefix is None else prefix
+    row_stream, key_pos, key_bias = key_stream(layout)
     out = torch.empty_like(q) if out is None else out
     q_parts = -(-bq // tiles.qrows)
     head_parts = -(-group // tiles.heads)
     block_m = max(16, triton.next_power_of_2(tiles.heads * tiles.qrows))
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
-    bias = layout.span_bias if layout.span_bias is not None else prefix
     grid = (layout.num_rows, head_parts * q_parts)
     _prefill_kernel[grid](
-        q, k, v, out, layout.offsets, prefix, layout.starts, bias,
+        q, k, v, out, row_stream, key_pos, key_pos if key_bias is None else key_bias,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
