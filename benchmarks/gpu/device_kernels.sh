@@ -6,5 +6,5 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.total --format=csv | tee "$OUT/device.txt"
 python3 -c 'import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)' | tee -a "$OUT/device.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_bench_gpu_peers.py 2>&1 | tail -n 30 | tee "$OUT/tests.log"
+python3 -m pytest -p no:cacheprovider -p no:logging --tb=short tests/test_triton.py tests/test_bench_gpu_peers.py > "$OUT/tests.log" 2>&1; tail -n 5 "$OUT/tests.log"
 python3 -m dhsa.cli bench --preset gpu --no-progress --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"

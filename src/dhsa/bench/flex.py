@@ -108,8 +108,11 @@ def _flex_preparer(method: str):
 
         mask, check_layout = build()
 
+        # FlexAttention's kernel tiles must divide the mask's blocks (64 by default here).
+        tiles = {"BLOCK_M": config.query_block, "BLOCK_N": config.query_block}
+
         def attend_with(block_mask) -> Tensor:
-            return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+            return flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, kernel_options=tiles)
 
         return Prepared(
             run=lambda: attend_with(build()[0]),
