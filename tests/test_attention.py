@@ -178,6 +178,20 @@ def test_auto_backend_below_min_length_is_dense(rng):
     assert (out - ref).abs().max().item() < 1e-5
 
 
+def test_default_min_length_is_the_measured_one_for_the_device(rng):
+    from dhsa.config import AUTO_MIN_LENGTH
+
+    config = DHSAConfig(budget=256)
+    assert config.dense_below("cpu") == AUTO_MIN_LENGTH["cpu"]
+    assert config.dense_below(torch.device("cuda", 0)) == AUTO_MIN_LENGTH["cuda"]
+    assert config.replace(min_length=123).dense_below("cuda") == 123
+    q, k, v = make_qkv(1, 4, 2, 600, 600, 32, rng)
+    sparse = dhsa.sparse_attention(q, k, v, config.replace(min_length=500))
+    dense = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert (sparse - dense).abs().max().item() > 1e-3, "the budget leaves keys out at 600"
+    assert (dhsa.sparse_attention(q, k, v, config) - dense).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("where", ["q", "k"])
 @pytest.mark.parametrize("method", SCORED[:2])
 def test_non_finite_inputs_raise(rng, where, method):

@@ -109,7 +109,7 @@ def sparse_attention(
         boundaries: precomputed chunk boundaries ``[B, N + 1]`` to reuse (``dhsa``).
 
     Returns ``[B, Hq, Lq, D]`` in ``q.dtype``. With ``backend="auto"``, sequences shorter than
-    ``config.min_length`` keys and ``method="dense"`` run dense attention directly.
+    ``config.dense_below(device)`` keys and ``method="dense"`` run dense attention directly.
     """
     config = DHSAConfig() if config is None else config
     check_qkv(q, k, v)
@@ -117,7 +117,7 @@ def sparse_attention(
     softcap = check_softcap(softcap)
     sliding_window = check_sliding_window(sliding_window)
     get_selector(method)
-    if backend == "auto" and (method == "dense" or k.shape[2] < config.min_length):
+    if backend == "auto" and (method == "dense" or k.shape[2] < config.dense_below(k.device)):
         return dense_attention(
             q, k, v, scale=scale, sliding_window=sliding_window, softcap=softcap,
             query_block=config.query_block,

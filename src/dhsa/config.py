@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 CHUNKERS = ("similarity", "fixed", "learned")
+
+# Key lengths from which selection plus sparse attention beats dense attention (budget 2048),
+# measured side by side by `dhsa bench`: on 2 CPU cores dense was faster at 4K and even at 8K
+# (benchmarks/cpu), on the H200 dense was faster up to 16K and sparse faster from 32K
+# (benchmarks/gpu). Shorter sequences run dense so that they never get slower.
+AUTO_MIN_LENGTH = {"cpu": 16384, "cuda": 32768}
 
 
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -40,7 +48,8 @@ class DHSAConfig:
     Every query keeps at most ``budget`` key tokens: the first ``sink`` tokens, the local window
     (its own query block of ``query_block`` tokens plus the ``local`` tokens before it) and, with
     what is left, whole key chunks in descending score. Sequences shorter than ``min_length`` keys
-    run dense attention (sparse selection cannot pay for itself there).
+    run dense attention (sparse selection cannot pay for itself there); ``None`` (the default)
+    takes the length measured for the device, :data:`AUTO_MIN_LENGTH`.
 
     Chunking (``chunker``):
       - ``"similarity"``: boundaries where the mean key of the ``boundary_window`` tokens before a
@@ -78,7 +87,7 @@ class DHSAConfig:
     boundary_window: int = 4
     boundary_z: float = 1.0
     share_boundaries: bool = True
-    min_length: int = 4096
+    min_length: int | None = None
     predictor: str | None = None
     tile_elements: int = 1 << 20
     predictor_threshold: float = 0.0
@@ -97,7 +106,8 @@ class DHSAConfig:
         _require_int("min_chunk", self.min_chunk, 1)
         _require_int("max_chunk", self.max_chunk, 1)
         _require_int("boundary_window", self.boundary_window, 1, 1024)
-        _require_int("min_length", self.min_length, 0)
+        if self.min_length is not None:
+            _require_int("min_length", self.min_length, 0)
         _require_int("tile_elements", self.tile_elements, 1 << 12)
         _require_float("boundary_z", self.boundary_z)
         if self.max_chunks is not None:
@@ -132,6 +142,12 @@ class DHSAConfig:
                 f"DHSAConfig.predictor={self.predictor!r} is not a file: train one with "
                 "`dhsa train-predictor --model KEY --out FILE` and pass that FILE"
             )
+
+    def dense_below(self, device: torch.device | str) -> int:
+        """Key length under which attention on ``device`` runs dense (see ``min_length``)."""
+        if self.min_length is not None:
+            return self.min_length
+        return AUTO_MIN_LENGTH.get(torch.device(device).type, AUTO_MIN_LENGTH["cpu"])
 
     def replace(self, **changes: Any) -> DHSAConfig:
         """A copy with some fields changed (validated again)."""

@@ -13,9 +13,9 @@ Per attention call (``module`` is the model's attention layer):
   - decode (one query) keeps incremental selection state per ``module.layer_idx``
     (:class:`dhsa.decode.DecodeSession`) for ``dhsa`` and ``block_sparse``; other methods select
     afresh per token;
-  - sequences shorter than ``config.min_length`` keys, ``method="dense"`` layers, and sliding-window
-    layers whose window fits the budget (e.g. Gemma's 512 keys) run dense attention: the selection
-    would keep every visible key anyway, and dense is faster there.
+  - sequences shorter than ``config.dense_below(device)`` keys, ``method="dense"`` layers, and
+    sliding-window layers whose window fits the budget (e.g. Gemma's 512 keys) run dense
+    attention: the selection would keep every visible key anyway, and dense is faster there.
 
 Padded batches: the mask builder hands the attention a 2-D key padding mask instead of a 4-D one.
 Padding must be on the left (as ``generate`` needs); each padded row is then run on its own
@@ -332,7 +332,8 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
     q_len, k_len = q.shape[2], k.shape[2]
     clipped = window if window is not None and window < k_len else None
     short_window = window is not None and window <= config.budget
-    if method == "dense" or k_len < config.min_length or (short_window and method in BUDGET_FILLING):
+    short = k_len < config.dense_below(k.device)
+    if method == "dense" or short or (short_window and method in BUDGET_FILLING):
         return _dense(q, k, v, scale, clipped, softcap)
     if window is not None:
         # Sliding-window layers may get a cache that itself slides (only the last `window` keys),
