@@ -8,6 +8,7 @@ own tokens: the largest number of units whose full prompt still fits the target 
 from __future__ import annotations
 
 import json
+import os
 import re
 from bisect import bisect_left
 from itertools import accumulate
@@ -15,7 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_HAYSTACK = "/work/shared/data/PaulGrahamEssays.json"
+# The essays are not bundled: $DHSA_HAYSTACK, else the copy beside a checkout of this repository.
+DEFAULT_HAYSTACK = os.environ.get("DHSA_HAYSTACK", "../shared/data/PaulGrahamEssays.json")
 
 # A sentence ends at . ! or ? and the next one starts with a capital, a quote or a bracket; the
 # essays lost their paragraph breaks ("...die?The startling"), so no whitespace is required.
@@ -54,7 +56,8 @@ def essay_sentences(path: str | Path = DEFAULT_HAYSTACK) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"haystack file not found: {path} (pass --haystack PATH to a JSON file {{\"text\": ...}})"
+            f"haystack file not found: {path} (pass --haystack PATH, or set DHSA_HAYSTACK, to a "
+            "JSON file {\"text\": ...})"
         )
     return _essay_sentences(str(path.resolve()))
 
