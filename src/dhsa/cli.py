@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "dhsa.commands.niah",
     "dhsa.commands.ruler",
     "dhsa.commands.fidelity",
+    "dhsa.commands.report",
     "dhsa.commands.generate",
     "dhsa.commands.train_predictor",
 ]

@@ -1,0 +1,72 @@
+"""``dhsa report``: the accuracy page rendered from summary documents built from known cells."""
+
+import json
+
+from dhsa.cli import main
+from dhsa.eval.fidelity import fidelity_summary
+from dhsa.eval.results import ResultStore
+from dhsa.eval.summary import niah_summary, ruler_summary
+
+
+def store_with(path, key, runs, cells):
+    store = ResultStore(path, key)
+    for run in runs:
+        store.start_run(**run)
+    for cell in cells:
+        store.add(cell)
+    return store
+
+
+def write(path, document):
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_report_tables_hold_the_recorded_scores(tmp_path):
+    run = {"kind": "niah", "command": "dhsa niah --model m", "device": "cpu"}
+    niah = store_with(tmp_path / "n.jsonl", ["model", "method", "budget", "length", "depth", "i"],
+                      [run, run], [
+        {"model": "m", "method": "dense", "budget": None, "length": 4096, "depth": 0.5, "i": 0,
+         "score": 1.0},
+        {"model": "m", "method": "dense", "budget": None, "length": 4096, "depth": 0.0, "i": 0,
+         "score": 0.0},
+        {"model": "m", "method": "dhsa", "budget": 1024, "length": 4096, "depth": 0.5, "i": 0,
+         "score": 1.0},
+        {"model": "m", "method": "dhsa", "budget": 1024, "length": 8192, "depth": 0.5, "i": 0,
+         "score": 0.25},
+    ])
+    ruler = store_with(tmp_path / "r.jsonl", ["model", "method", "budget", "length", "task"],
+                       [{"kind": "ruler", "command": "dhsa ruler", "device": "cuda"}], [
+        {"model": "m", "method": "dhsa", "budget": 2048, "length": 4096, "task": "niah_single_1",
+         "score": 0.5},
+        {"model": "m", "method": "dhsa", "budget": 2048, "length": 4096, "task": "vt",
+         "score": 1.0},
+    ])
+    fidelity = store_with(tmp_path / "f.jsonl", ["model", "method", "budget", "length", "layer"],
+                          [], [
+        {"model": "m", "method": "dhsa", "budget": 1024, "length": 4096, "layer": layer,
+         "recall": recall, "output_error": 0.1, "density": 0.25}
+        for layer, recall in ((0, 0.9), (1, 0.7))
+    ])
+    paths = [
+        write(tmp_path / "n.json", niah_summary(niah)),
+        write(tmp_path / "r.json", ruler_summary(ruler)),
+        write(tmp_path / "f.json", fidelity_summary(fidelity)),
+    ]
+    out = tmp_path / "ACCURACY.md"
+    assert main(["report", *map(str, paths), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("`dhsa niah --model m` on cpu") == 1, "repeated runs are listed once"
+    assert "| m | dense | 50.0 (2) | - | 50.0 |" in page
+    assert "| m | dhsa@1024 | 100.0 (1) | 25.0 (1) | 62.5 |" in page
+    assert "| m | dhsa@2048 | 75.0 (2) | 75.0 |" in page
+    assert "| niah_single_1 | vt |" in page and "| m | dhsa@2048 | 50.0 (1) | 100.0 (1) |" in page
+    assert "| m | 4096 | 1024 | dhsa | 0.80 | 0.10 | 0.25 | 1 | 0.70 |" in page
+
+
+def test_report_rejects_files_that_are_not_summaries(tmp_path, capsys):
+    bad = write(tmp_path / "x.json", {"records": []})
+    assert main(["report", str(bad), "--out", str(tmp_path / "a.md")]) == 2
+    assert "not a summary" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "a.md")]) == 2
+    assert "not found" in capsys.readouterr().err
