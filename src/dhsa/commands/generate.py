@@ -139,7 +139,10 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak_bytes = _proc_status_kb(_HWM)
+            # The kernel updates VmHWM lazily (it can trail the resident size by a few pages), so
+            # the peak is at least what was resident at entry and at exit.
+            resident = _proc_status_kb(_RSS)
+            self.peak_bytes = max(_proc_status_kb(_HWM), resident, self.baseline_bytes)
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
