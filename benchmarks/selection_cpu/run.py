@@ -1,7 +1,8 @@
-"""Selection time vs sequence length for every selector, on this machine's CPU.
+"""Selection time vs sequence length for every selector, on the CPU or a GPU.
 
 Times ``dhsa.select`` alone (no attention) at 4K..32K keys, ``B=1, Hq=8, Hkv=2, D=64``, budget
-2048, float32. Inputs are random with a slowly drifting shared component per 64 tokens (so block
+2048, float32 by default (``--device cuda --q-heads 32 --kv-heads 8 --head-dim 128 --dtype
+bfloat16`` for the GPU record in ``benchmarks/gpu/selection.json``). Inputs are random with a slowly drifting shared component per 64 tokens (so block
 scores differ, as with real keys, and ``dash`` does not see a flat score landscape). Writes
 ``results.json`` beside this script with the command, device, date and per-run numbers.
 
@@ -26,12 +27,14 @@ from dhsa.methods.dash import row_density_quantiles
 METHODS = ("dhsa", "block_sparse", "streaming", "dash", "hip", "vertical_slash")
 
 
-def make_inputs(length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(length: int, seed: int, args) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    drift = torch.randn(1, 1, -(-length // 64), 64, generator=generator).repeat_interleave(64, 2)
-    q = torch.randn(1, 8, length, 64, generator=generator) + drift[:, :, :length]
-    k = torch.randn(1, 2, length, 64, generator=generator) + drift[:, :, :length]
-    return q, k
+    dim = args.head_dim
+    drift = torch.randn(1, 1, -(-length // 64), dim, generator=generator).repeat_interleave(64, 2)
+    q = torch.randn(1, args.q_heads, length, dim, generator=generator) + drift[:, :, :length]
+    k = torch.randn(1, args.kv_heads, length, dim, generator=generator) + drift[:, :, :length]
+    dtype = getattr(torch, args.dtype)
+    return q.to(args.device, dtype), k.to(args.device, dtype)
 
 
 def main() -> int:
@@ -39,12 +42,17 @@ def main() -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--q-heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
     config = dhsa.DHSAConfig(budget=2048)
     runs = []
     for length in args.lengths:
-        q, k = make_inputs(length, seed=length)
+        q, k = make_inputs(length, length, args)
         for method in args.methods:
             timing = time_call(
                 lambda m=method: dhsa.select(q, k, config, method=m),
@@ -60,11 +68,12 @@ def main() -> int:
                   f"density {run['density']:.4f}", flush=True)
     record = {
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-        "device": f"cpu: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else
+        f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "shape": {"batch": 1, "q_heads": 8, "kv_heads": 2, "head_dim": 64, "dtype": "float32"},
+        "shape": {"batch": 1, "q_heads": args.q_heads, "kv_heads": args.kv_heads,
+                  "head_dim": args.head_dim, "dtype": args.dtype},
         "config": {"budget": config.budget, "sink": config.sink, "local": config.local,
                    "query_block": config.query_block, "dash_block": config.dash_block,
                    "dash_sparsity": config.dash_sparsity, "hip_block": config.hip_block,

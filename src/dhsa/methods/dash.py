@@ -122,7 +122,9 @@ def row_density_quantiles(layout: Layout, quantiles=(0.0, 0.1, 0.5, 0.9, 1.0)) -
     """Quantiles of the fraction of causal keys each query keeps (dash's density is not fixed)."""
     kept = layout.num_selected().float()
     fraction = (kept / layout.causal_counts().float()).flatten()
-    values = torch.quantile(fraction, torch.tensor(quantiles, dtype=fraction.dtype))
+    values = torch.quantile(
+        fraction, torch.tensor(quantiles, dtype=fraction.dtype, device=fraction.device)
+    )
     return {f"q{round(100 * p)}": v for p, v in zip(quantiles, values.tolist(), strict=True)}
 
 
