@@ -70,3 +70,18 @@ def test_report_rejects_files_that_are_not_summaries(tmp_path, capsys):
     assert "not a summary" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "a.md")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_report_summarizes_result_files_of_unfinished_runs(tmp_path):
+    run = {"kind": "ruler", "command": "dhsa ruler --model m", "device": "cpu"}
+    store_with(tmp_path / "r.jsonl", ["model", "method", "budget", "length", "task"], [run], [
+        {"model": "m", "method": "dense", "budget": None, "length": 2048, "task": "vt",
+         "score": 0.5},
+    ])
+    with (tmp_path / "r.jsonl").open("a") as f:
+        f.write('{"type": "cell", "model": "m", "method": "dense", "bud')  # killed mid-write
+    out = tmp_path / "a.md"
+    assert main(["report", str(tmp_path / "r.jsonl"), "--out", str(out)]) == 0
+    assert "| m | dense | 50.0 (1) | 50.0 |" in out.read_text()
+    store_with(tmp_path / "empty.jsonl", ["model"], [run], [])
+    assert main(["report", str(tmp_path / "empty.jsonl"), "--out", str(out)]) == 2

@@ -11,25 +11,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .results import ResultStore
 from .summary import contender_name, format_table
 
 KINDS = ("niah", "ruler", "fidelity")
 
 
 def load_summary(path: str | Path) -> dict:
-    """A summary document; ValueError if the file is not one of :data:`KINDS`."""
+    """A summary document, read from a summary ``.json`` or built from a result ``.jsonl`` (a run
+    stopped midway has no summary yet: its recorded cells are summarized as they stand).
+    ValueError if the file is neither, or of no kind in :data:`KINDS`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"summary file not found: {path}")
+    if path.suffix == ".jsonl":
+        return _summarize_results(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not JSON: {error}") from error
     if not isinstance(document, dict) or document.get("kind") not in KINDS:
         raise ValueError(
-            f"{path} is not a summary of {KINDS} (the .json written beside a result file)"
+            f"{path} is not a summary of {KINDS} (the .json written beside a result file, or "
+            "the .jsonl result file itself)"
         )
     return document
+
+
+def _summarize_results(path: Path) -> dict:
+    from .fidelity import fidelity_summary
+    from .summary import niah_summary, ruler_summary
+
+    store = ResultStore(path, ())
+    kinds = {run.get("kind") for run in store.runs}
+    if len(kinds) != 1 or not kinds <= set(KINDS) or not store.cells:
+        raise ValueError(
+            f"{path} is not a result file of one of {KINDS} with recorded cells (kinds {kinds})"
+        )
+    kind = kinds.pop()
+    if kind == "fidelity":
+        return fidelity_summary(store)
+    return niah_summary(store) if kind == "niah" else ruler_summary(store)
 
 
 def _runs(document: dict) -> str:
@@ -62,7 +84,8 @@ def _score_section(document: dict, column: str, title: str) -> str:
         row["overall"] = f"{overall[(row['model'], row['contender'])]['score']:.1f}"
     header = [("model", "model"), ("contender", "contender")]
     header += [(f"{column}={c}", f"{c} tokens") for c in columns] + [("overall", "mean")]
-    return f"{title}\n\n{format_table(rows, header)}\n\nScore %; in brackets, how many results each figure averages."
+    note = "Score %; in brackets, how many results each figure averages."
+    return f"{title}\n\n{format_table(rows, header)}\n\n{note}"
 
 
 def niah_section(document: dict) -> str:
