@@ -158,3 +158,30 @@ def test_rejects_multi_token_queries():
         DecodeSession().select(
             torch.randn(1, 2, 2, 8), torch.randn(1, 1, 9, 8), dhsa.DHSAConfig(), layer=0
         )
+
+
+def test_learned_incremental_equals_full_up_to_delay(tmp_path):
+    from dhsa.chunking import learned_boundaries, load_predictor
+    from dhsa.chunking.learned import BoundaryPredictor, save_predictor
+
+    torch.manual_seed(0)
+    path = tmp_path / "predictor.pt"
+    save_predictor(BoundaryPredictor(head_dim=16, window=3), path)
+    predictor = load_predictor(path)
+    length, prefix = 400, 120
+    k, _ = segmented_keys(2, 2, length, 16, seed=3)
+    with torch.no_grad():
+        threshold = float(predictor(k.float().mean(dim=1)).quantile(0.8))
+    config = dhsa.DHSAConfig(
+        chunker="learned", predictor=str(path), predictor_threshold=threshold, min_chunk=4,
+        max_chunk=length, budget=256, sink=4, local=8,
+    )
+    full = learned_boundaries(k, predictor, threshold=threshold, min_chunk=4, max_chunk=length)
+    tracker = BoundaryTracker.start(k[:, :, :prefix], config, owner=0)
+    assert tracker.delay == 3 + 4 - 1
+    grow(tracker, k, prefix)
+    settled = length - tracker.delay
+    for b in range(2):
+        expected = [x for x in full[b].tolist() if x <= settled]
+        assert len(expected) > 10 and max(expected) > prefix
+        assert tracker.closed[b] == expected

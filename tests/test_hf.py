@@ -190,3 +190,17 @@ def test_import_without_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "lazy"
+
+
+def test_learned_chunker_generates_with_incremental_decode(tmp_path):
+    from dhsa.chunking.learned import BoundaryPredictor, save_predictor
+
+    model, _ = tiny_model("llama")
+    torch.manual_seed(0)
+    path = tmp_path / "predictor.pt"
+    save_predictor(BoundaryPredictor(head_dim=16, window=2), path)
+    dhsa.configure(model, SMALL.replace(chunker="learned", predictor=str(path)))
+    seq, steps = greedy(model, prompt(75), steps=6)
+    assert seq.shape == (1, 81) and torch.isfinite(steps).all()
+    binding = model.model.layers[0].self_attn._dhsa_binding
+    assert binding.session._chunks, "decode never used the incremental selection state"

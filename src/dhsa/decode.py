@@ -15,6 +15,8 @@ Incremental chunking (:class:`BoundaryTracker`):
     it stands. On strongly structured keys this reproduces the full-sequence chunker; they differ in
     that the threshold statistics grow with the sequence, long runs close at ``max_chunk`` instead
     of being split evenly, and ``max_chunks`` caps only the prompt's chunks.
+  - ``learned``: the same with the boundary predictor's logit as the score (read from the
+    predictor's ``window`` keys each side of a cut) and its fixed ``predictor_threshold``.
   - ``fixed``: a boundary every ``chunk_size`` tokens, exactly as the full-sequence chunker.
 
 The prompt itself is chunked by the full-sequence chunker when a state starts; its boundaries in
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .chunking import compute_boundaries, pad_boundaries
+from .chunking import compute_boundaries, load_predictor, pad_boundaries
 from .chunking.similarity import shift_scores
 from .config import DHSAConfig
 from .layout import Layout
@@ -84,20 +86,31 @@ class BoundaryTracker:
         return len(self.closed)
 
     @property
+    def window(self) -> int:
+        """Keys on each side of a cut that its score reads."""
+        if self.config.chunker == "learned":
+            return load_predictor(self.config.predictor).window
+        return self.config.boundary_window
+
+    @property
     def delay(self) -> int:
         """Tokens after a cut that must exist before the cut is decided."""
         if self.config.chunker == "fixed":
             return 1
-        return self.config.boundary_window + self.config.min_chunk - 1
+        return self.window + self.config.min_chunk - 1
+
+    def cut_scores(self, k: Tensor) -> Tensor:
+        """Float ``[B, L - 1]`` boundary scores of the cuts of ``k [B, Hkv, L, D]``: the similarity
+        chunker's shift, or the learned predictor's logit."""
+        if self.config.chunker == "learned":
+            predictor = load_predictor(self.config.predictor).to(k.device)
+            with torch.no_grad():
+                return predictor(k.float().mean(dim=1))
+        return shift_scores(k, self.config.boundary_window)
 
     @classmethod
     def start(cls, k: Tensor, config: DHSAConfig, owner: int) -> BoundaryTracker:
         """A tracker for the keys ``k [B, Hkv, L, D]``, chunked by the full-sequence chunker."""
-        if config.chunker not in ("similarity", "fixed"):
-            raise ValueError(
-                f"sparse decode supports the 'similarity' and 'fixed' chunkers, got "
-                f"{config.chunker!r}"
-            )
         tracker = cls(config, k.shape[0], owner)
         length = k.shape[2]
         tracker.length = length
@@ -105,9 +118,9 @@ class BoundaryTracker:
         bounds = compute_boundaries(k, config).tolist()
         for row, row_bounds in zip(tracker.closed, bounds):
             row.extend(b for b in row_bounds if 0 < b <= tracker.decided and b > row[-1])
-        if config.chunker == "similarity" and length > 1:
-            final = max(length - config.boundary_window, 0)
-            scores = shift_scores(k, config.boundary_window)[:, :final].tolist()
+        if config.chunker != "fixed" and length > 1:
+            final = max(length - tracker.window, 0)
+            scores = tracker.cut_scores(k)[:, :final].tolist()
             for stats, values in zip(tracker.stats, scores):
                 stats.add(values, 1, config.min_chunk)
         return tracker
@@ -120,7 +133,7 @@ class BoundaryTracker:
                 f"keys of shape {tuple(k.shape)} do not continue a tracker at length "
                 f"{self.length} with batch {self.batch}"
             )
-        if self.config.chunker == "similarity":
+        if self.config.chunker != "fixed":
             self._score(k, new_length)
         self.length = new_length
         for cut in range(self.decided + 1, max(new_length - self.delay, 0) + 1):
@@ -128,13 +141,13 @@ class BoundaryTracker:
         self.decided = max(self.decided, new_length - self.delay)
 
     def _score(self, k: Tensor, new_length: int) -> None:
-        window = self.config.boundary_window
+        window = self.window
         first = max(self.length - window, 0) + 1
         last = new_length - window
         if last < first:
             return
         lo = max(first - window, 0)
-        scores = shift_scores(k[:, :, lo : last + window], window)
+        scores = self.cut_scores(k[:, :, lo : last + window])
         values = scores[:, first - lo - 1 : last - lo].tolist()
         for stats, row_values in zip(self.stats, values):
             stats.add(row_values, first, self.config.min_chunk)
@@ -160,7 +173,11 @@ class BoundaryTracker:
         score = stats.scores[cut - 1]
         lo = max(cut - radius, min_chunk)
         neighbours = stats.scores[lo - 1 : cut + radius]
-        return score >= max(neighbours) and score > stats.threshold(self.config.boundary_z)
+        if self.config.chunker == "learned":
+            threshold = self.config.predictor_threshold
+        else:
+            threshold = stats.threshold(self.config.boundary_z)
+        return score >= max(neighbours) and score > threshold
 
     def boundaries(self, device: torch.device | str = "cpu") -> Tensor:
         """Int64 ``[B, N + 1]``: the closed boundaries and the current length (padded with it)."""
