@@ -122,7 +122,7 @@ def _eval_args(tmp_path, *extra):
 
 def test_eval_options_take_the_learned_chunker(tmp_path):
     from dhsa.chunking.learned import BoundaryPredictor, save_predictor
-    from dhsa.commands.fidelity import method_label
+    from dhsa.eval.options import method_label
     from dhsa.eval.options import base_config
 
     path = tmp_path / "p.pt"

@@ -53,3 +53,27 @@ def test_niah_summary_groups(tmp_path):
     document = niah_summary(store)
     assert [r["score"] for r in document["cells"]] == [100.0, 0.0]
     assert document["overall"][0]["score"] == 50.0
+
+
+def test_grid_resumes_and_keeps_chunkers_apart(tmp_path, monkeypatch):
+    from dhsa import DHSAConfig
+    from dhsa.eval import runner
+    from dhsa.eval.generation import Contender
+
+    def fake_answer(model, tokenizer, sample, contender, base):
+        return {"method": contender.method, "budget": contender.budget, "score": 1.0}
+
+    monkeypatch.setattr(runner, "answer_cell", fake_answer)
+    store = ResultStore(tmp_path / "r.jsonl", runner.cell_key("task"))
+    grid = dict(
+        model_name="m", item_field="task", items=["vt"], lengths=[100], samples=2,
+        contenders=[Contender("dense", None), Contender("dhsa", 1024)],
+        make_sample=lambda length, index, item: None, progress=False,
+    )
+    assert runner.run_grid(store, None, None, base_config=DHSAConfig(), **grid) == 4
+    assert runner.run_grid(store, None, None, base_config=DHSAConfig(), **grid) == 0
+    fixed = DHSAConfig(chunker="fixed")
+    assert runner.run_grid(store, None, None, base_config=fixed, **grid) == 2
+    assert sorted(c["method"] for c in store.cells) == [
+        "dense", "dense", "dhsa", "dhsa", "dhsa:fixed", "dhsa:fixed"
+    ]

@@ -7,17 +7,6 @@ from pathlib import Path
 KEY = ("model", "seed", "length", "budget", "index", "layer", "method")
 
 
-def method_label(method: str, chunker: str, shared: bool) -> str:
-    """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity`` or
-    with per-layer boundaries is told apart (``dhsa:learned``, ``dhsa:fixed/per-layer``), so runs
-    of several chunkers can share one result file and one summary."""
-    if method != "dhsa":
-        return method
-    return method + ("" if chunker == "similarity" else f":{chunker}") + (
-        "" if shared else "/per-layer"
-    )
-
-
 def add_parser(subparsers) -> None:
     from ..eval.options import add_model_options
 
@@ -52,7 +41,14 @@ def run(args) -> int:
     from ..eval.generation import token_counter
     from ..eval.haystack import essay_sentences
     from ..eval.niah import niah_sample
-    from ..eval.options import base_config, model_label, open_model, parse_lengths, parse_names
+    from ..eval.options import (
+        base_config,
+        method_label,
+        model_label,
+        open_model,
+        parse_lengths,
+        parse_names,
+    )
     from ..eval.results import ResultStore, describe_device, write_json
     from ..eval.summary import format_table
 

@@ -78,3 +78,14 @@ def open_model(args):
 def model_label(name: str) -> str:
     """A short name for file names and records: the key, or the last part of a path/id."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name.rstrip("/").split("/")[-1])
+
+
+def method_label(method: str, chunker: str, shared: bool) -> str:
+    """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity`` or
+    with per-layer boundaries is told apart (``dhsa:learned``, ``dhsa:fixed/per-layer``), so runs
+    of several chunkers can share one result file and one summary."""
+    if method != "dhsa":
+        return method
+    return method + ("" if chunker == "similarity" else f":{chunker}") + (
+        "" if shared else "/per-layer"
+    )

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..config import DHSAConfig
 from .generation import Contender, greedy_answer, use_contender
 from .metrics import string_match_all
+from .options import method_label
 from .results import ResultStore
 from .ruler import Sample
 
@@ -53,6 +54,10 @@ def run_grid(
     index, item, method and budget (see :func:`cell_key`).
     """
     total = len(lengths) * samples * len(items) * len(contenders)
+    # dhsa with another chunker or per-layer boundaries is recorded under its own name, so runs
+    # of several chunkers can share a result file without taking each other's cells as done.
+    label = method_label("dhsa", base_config.chunker, base_config.share_boundaries)
+    names = {c: label if c.method == "dhsa" else c.method for c in contenders}
     ran = 0
     with tqdm(total=total, disable=not progress, desc=f"{item_field} cells", unit="cell") as bar:
         for length in sorted(lengths):
@@ -64,15 +69,15 @@ def run_grid(
                     }
                     todo = [
                         c for c in contenders
-                        if not store.done({**base, "method": c.method, "budget": c.budget})
+                        if not store.done({**base, "method": names[c], "budget": c.budget})
                     ]
                     bar.update(len(contenders) - len(todo))
                     if not todo:
                         continue
                     sample = make_sample(length, index, item)
                     for contender in todo:
-                        store.add({**base, **answer_cell(model, tokenizer, sample, contender,
-                                                         base_config)})
+                        answer = answer_cell(model, tokenizer, sample, contender, base_config)
+                        store.add({**base, **answer, "method": names[contender]})
                         ran += 1
                         bar.update(1)
     return ran
