@@ -41,7 +41,9 @@ def plot_lines(
                 lines[str(record[group])].append((record[x], record[field]))
         for name, points in sorted(lines.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            color, style = _line_style(name, sorted(lines))
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name,
+                    color=color, linestyle=style)
         if log_x:
             ax.set_xscale("log", base=2)
         if log_y:
@@ -53,6 +55,19 @@ def plot_lines(
     if title:
         fig.suptitle(title)
     return _save(plt, fig, path)
+
+
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _line_style(name: str, names: list[str]) -> tuple[str, str]:
+    """Colour by the part of ``name`` before ``@`` (the method), line style by the part after it
+    (the budget), so that many series stay apart."""
+    bases = sorted({n.split("@")[0] for n in names})
+    suffixes = sorted({n.partition("@")[2] for n in names}, key=lambda v: (len(v), v))
+    base, _, suffix = name.partition("@")
+    color = f"C{bases.index(base) % 10}"
+    return color, _STYLES[suffixes.index(suffix) % len(_STYLES)]
 
 
 def plot_heatmap(
