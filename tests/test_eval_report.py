@@ -61,7 +61,8 @@ def test_report_tables_hold_the_recorded_scores(tmp_path):
     assert "| m | dhsa@1024 | 100.0 (1) | 25.0 (1) | 62.5 |" in page
     assert "| m | dhsa@2048 | 75.0 (2) | 75.0 |" in page
     assert "| niah_single_1 | vt |" in page and "| m | dhsa@2048 | 50.0 (1) | 100.0 (1) |" in page
-    assert "| m | 4096 | 1024 | dhsa | 0.80 | 0.10 | 0.25 | 1 | 0.70 |" in page
+    assert "| m | 4096 | 1024 | dhsa | 0.8000 | 0.1000 | 0.2500 | 1 | 0.7000 |" in page
+    assert "## Needle in a haystack: m" in page and "## RULER-style tasks: m" in page
 
 
 def test_report_rejects_files_that_are_not_summaries(tmp_path, capsys):

@@ -88,16 +88,20 @@ def _score_section(document: dict, column: str, title: str) -> str:
     return f"{title}\n\n{format_table(rows, header)}\n\n{note}"
 
 
+def _models(document: dict, rows: str) -> str:
+    return ", ".join(sorted({str(r["model"]) for r in document[rows]}))
+
+
 def niah_section(document: dict) -> str:
     return "\n\n".join([
-        "## Needle in a haystack",
+        f"## Needle in a haystack: {_models(document, 'overall')}",
         _runs(document),
         _score_section(document, "length", "By length, all depths:"),
     ])
 
 
 def ruler_section(document: dict) -> str:
-    parts = ["## RULER-style tasks", _runs(document),
+    parts = [f"## RULER-style tasks: {_models(document, 'overall')}", _runs(document),
              _score_section(document, "length", "Mean over tasks, by length:")]
     for length in sorted({r["length"] for r in document["tasks"]}):
         rows, tasks = _pivot([r for r in document["tasks"] if r["length"] == length], "task")
@@ -115,8 +119,10 @@ def fidelity_section(document: dict) -> str:
     ]
     rows = sorted(document["overall"], key=lambda r: (r["model"], r["length"], r["budget"],
                                                       -r["recall"]))
+    # Methods often differ in the third decimal: four are shown.
+    rows = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     return "\n\n".join([
-        "## Attention fidelity on real activations",
+        f"## Attention fidelity on real activations: {_models(document, 'overall')}",
         _runs(document),
         "Mean over layers of the dense softmax mass each selection keeps (recall), the relative "
         "output error against dense attention, and the fraction of the causal keys kept:",
