@@ -10,7 +10,6 @@ spot check.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import statistics
@@ -26,7 +25,7 @@ from ..decode import DecodeSession
 from ..kernels import attend
 from .check import spot_check, tolerance
 from .measure import peak_extra_memory, synchronize, time_call
-from .runner import device_name, resolve_device
+from .runner import record_header, resolve_device
 
 
 def _dense_decode(q, k, v):
@@ -85,10 +84,7 @@ def run_decode_bench(
     torch_dtype = getattr(torch, dtype)
     base = (config or DHSAConfig()).replace(min_length=0)
     document = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device_),
-        "torch": torch.__version__,
+        **record_header(command, device_),
         "shape": dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype),
         "steps": steps,
         "records": [],

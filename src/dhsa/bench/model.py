@@ -8,7 +8,6 @@ length runs dense (``sdpa``) and dhsa on the same model and the same prompt toke
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import statistics
 import time
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from ..config import DHSAConfig
 from .measure import synchronize
-from .runner import device_name, resolve_device
+from .runner import record_header, resolve_device
 
 # Configurations by name: sizes of published models, and a tiny one for tests.
 MODEL_SIZES = {
@@ -119,10 +118,7 @@ def run_model_bench(
     device_ = resolve_device(device)
     model = build_model(size, device_, getattr(torch, dtype))
     document = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device_),
-        "torch": torch.__version__,
+        **record_header(command, device_),
         "model": dict(size=size, **MODEL_SIZES[size], dtype=dtype),
         "config": dataclasses.asdict(config),
         "records": [],

@@ -35,6 +35,16 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
 
 
+def record_header(command: str, device: torch.device) -> dict:
+    """The fields every benchmark record starts with: command, UTC date, device, torch."""
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "torch": torch.__version__,
+    }
+
+
 def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -104,10 +114,7 @@ def run_bench(
     dense = [c for c in contenders if c.dense]
     sparse = [c for c in contenders if not c.dense]
     document = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "torch": torch.__version__,
+        **record_header(command, device),
         "backend": backend,
         "inputs": str(inputs_path) if inputs_path else "random",
         "preset": asdict(preset),
