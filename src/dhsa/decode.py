@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .chunking import compute_boundaries, load_predictor, pad_boundaries
+from .chunking.learned import cut_logits
 from .chunking.similarity import shift_scores
 from .config import DHSAConfig
 from .layout import Layout
@@ -103,9 +104,7 @@ class BoundaryTracker:
         """Float ``[B, L - 1]`` boundary scores of the cuts of ``k [B, Hkv, L, D]``: the similarity
         chunker's shift, or the learned predictor's logit."""
         if self.config.chunker == "learned":
-            predictor = load_predictor(self.config.predictor).to(k.device)
-            with torch.no_grad():
-                return predictor(k.float().mean(dim=1))
+            return cut_logits(k, load_predictor(self.config.predictor))
         return shift_scores(k, self.config.boundary_window)
 
     @classmethod

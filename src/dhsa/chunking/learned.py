@@ -136,6 +136,14 @@ def load_predictor(path: str | Path) -> BoundaryPredictor:
     return _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
 
 
+def cut_logits(k: Tensor, predictor: BoundaryPredictor) -> Tensor:
+    """Float32 ``[B, L - 1]``: the predictor's boundary logit of every cut of ``k [B, Hkv, L, D]``
+    (keys averaged over KV heads), the learned counterpart of the similarity shift score."""
+    predictor = predictor.to(k.device)
+    with torch.no_grad():
+        return predictor(k.float().mean(dim=1))
+
+
 def learned_boundaries(
     k: Tensor,
     predictor: BoundaryPredictor,
@@ -159,9 +167,7 @@ def learned_boundaries(
     ends = torch.tensor([0, length], device=k.device, dtype=torch.int64)
     if length < 2:
         return ends.expand(batch, -1).contiguous()
-    predictor = predictor.to(k.device)
-    with torch.no_grad():
-        logits = predictor(k.float().mean(dim=1))
+    logits = cut_logits(k, predictor)
     max_peaks = None
     if max_chunks is not None:
         max_peaks = max(max_chunks - 1 - (-(-length // max_chunk)), 0)
@@ -174,6 +180,7 @@ def learned_boundaries(
 
 __all__ = [
     "BoundaryPredictor",
+    "cut_logits",
     "cut_windows",
     "learned_boundaries",
     "load_predictor",
