@@ -185,3 +185,33 @@ def test_learned_incremental_equals_full_up_to_delay(tmp_path):
         expected = [x for x in full[b].tolist() if x <= settled]
         assert len(expected) > 10 and max(expected) > prefix
         assert tracker.closed[b] == expected
+
+
+def test_spans_are_disjoint_and_fill_the_budget_exactly():
+    config = dhsa.DHSAConfig(budget=64, sink=4, local=8, query_block=8, min_chunk=4, max_chunk=16)
+    q = torch.randn(2, 4, 300, 16)
+    k, _ = segmented_keys(2, 2, 300, 16, seed=11, lo=5, hi=20)
+    session = DecodeSession()
+    for length in range(200, 301, 7):
+        starts, ends = session.select_spans(q[:, :, length - 1 : length], k[:, :, :length],
+                                            config, layer=0)
+        sizes = (ends - starts).clamp(min=0)
+        assert bool((starts >= 0).all()) and bool((ends <= length).all())
+        assert sizes.sum(-1).tolist() == [[config.budget] * 2] * 2
+        covered = torch.zeros(2, 2, length, dtype=torch.int64)
+        for b, h, i in torch.nonzero(sizes).tolist():
+            covered[b, h, starts[b, h, i] : ends[b, h, i]] += 1
+        assert int(covered.max()) == 1  # disjoint
+        assert bool((covered[..., -1] == 1).all())  # the query's own key
+
+
+def test_attend_decode_equals_attention_over_the_session_layout():
+    config = dhsa.DHSAConfig(budget=48, sink=4, local=8, query_block=8, min_chunk=4, max_chunk=16)
+    q = torch.randn(2, 4, 1, 16)
+    k, v = torch.randn(2, 2, 150, 16), torch.randn(2, 2, 150, 16)
+    starts, ends = DecodeSession().select_spans(q, k, config, layer=0)
+    out = dhsa.kernels.attend_decode(q, k, v, starts, ends, backend="reference")
+    layout = DecodeSession().select(q, k, config, layer=0)
+    torch.testing.assert_close(out, dhsa.attend(q, k, v, layout, backend="reference"))
+    with pytest.raises(ValueError, match="spans"):
+        dhsa.kernels.attend_decode(q, k, v, starts[:1], ends[:1])

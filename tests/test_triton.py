@@ -18,11 +18,14 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from conftest import make_qkv, rel_error  # noqa: E402
-
 import dhsa  # noqa: E402
+from conftest import make_qkv, rel_error  # noqa: E402
+from dhsa.decode import DecodeSession  # noqa: E402
 from dhsa.kernels.reference import attend_reference  # noqa: E402
-from dhsa.kernels.triton_decode import attend_triton_decode  # noqa: E402
+from dhsa.kernels.triton_decode import (  # noqa: E402
+    attend_triton_decode,
+    attend_triton_decode_spans,
+)
 from dhsa.kernels.triton_prefill import attend_triton, launch_prefill  # noqa: E402
 from dhsa.layout import Layout  # noqa: E402
 
@@ -162,6 +165,37 @@ def test_decode_matches_reference(rng, window, softcap, bias):
             q, k, v, layout, scale=0.125, softcap=softcap, splits=splits, out=poisoned(q)
         )
         assert_close_to_reference(out, q, k, v, layout, scale=0.125, softcap=softcap)
+
+
+@pytest.mark.parametrize("dim, softcap", [(64, None), (128, 4.0), (256, None)])
+def test_decode_spans_match_reference(rng, dim, softcap):
+    batch, kv_heads, k_len, width = 2, 2, 257, 9
+    q, k, v = to_device(*make_qkv(batch, 6, kv_heads, 1, k_len, dim, rng), dtype=torch.float16)
+    # Disjoint spans in random order, a third of them empty, as a decode fill leaves them.
+    cuts = torch.sort(torch.randint(0, k_len + 1, (batch * kv_heads, 2 * width), generator=rng))
+    starts, ends = cuts.values[:, 0::2], cuts.values[:, 1::2]
+    ends = torch.where(torch.rand(starts.shape, generator=rng) < 0.33, starts, ends)
+    shuffle = torch.argsort(torch.rand(starts.shape, generator=rng), dim=1)
+    starts, ends = starts.gather(1, shuffle), ends.gather(1, shuffle)
+    layout = Layout.from_padded(
+        starts, ends, batch=batch, kv_heads=kv_heads, q_len=1, k_len=k_len, query_block=1
+    )
+    spans = [x.view(batch, kv_heads, width).to(DEVICE) for x in (starts, ends)]
+    for splits in (1, 4):
+        out = attend_triton_decode_spans(
+            q, k, v, *spans, scale=0.1, softcap=softcap, splits=splits, out=poisoned(q)
+        )
+        assert_close_to_reference(out, q, k, v, layout, scale=0.1, softcap=softcap)
+
+
+def test_decode_spans_of_a_session_match_its_layout(rng):
+    config = dhsa.DHSAConfig(**SMALL)
+    q, k, v = to_device(*make_qkv(2, 4, 2, 1, 300, 64, rng), dtype=torch.float32)
+    session = DecodeSession()
+    starts, ends = session.select_spans(q, k, config, layer=0)
+    out = attend_triton_decode_spans(q, k, v, starts, ends, scale=0.125, out=poisoned(q))
+    layout = DecodeSession().select(q, k, config, layer=0)
+    assert_close_to_reference(out, q, k, v, layout, scale=0.125)
 
 
 def test_decode_is_chosen_for_single_query_layouts(rng):

@@ -36,9 +36,10 @@ from .chunking.learned import cut_logits
 from .chunking.similarity import shift_scores
 from .config import DHSAConfig
 from .layout import Layout
-from .methods.greedy import greedy_layout
-from .methods.regions import block_regions
 from .methods.scoring import _normalize, chunk_representations, query_block_representations
+
+# The tail slot's end in a chunk table: past any key, so the local window's start always clips it.
+_PAST_ANY_KEY = 1 << 62
 
 
 @dataclass
@@ -188,40 +189,54 @@ class BoundaryTracker:
 
 
 class ChunkSums:
-    """One layer's chunk representations following a :class:`BoundaryTracker`.
+    """One layer's chunk table following a :class:`BoundaryTracker`, kept on the keys' device.
 
-    ``reps [B, Hkv, cap, D]`` holds the normalized representation of every closed chunk of each
-    row (``norm`` as in :mod:`dhsa.methods.scoring`), ``tail [B, Hkv, D]`` the float32 key sum of
-    each row's open tail. ``last_key`` remembers the newest absorbed key, so a cache that was
-    reordered or replaced is noticed instead of silently mis-scored.
+    ``table [B, Hkv, cap + 1, D]`` (float32) holds the normalized representation (``norm`` as in
+    :mod:`dhsa.methods.scoring`) of every closed chunk of each row in slots ``0..n_b - 1`` and zeros
+    after them; its last slot holds the float32 key *sum* of the row's open tail. ``lo, hi [B,
+    cap + 1]`` (int64) give each slot's keys: ``lo = hi = 0`` for unused slots, and the tail slot
+    runs from the tail's start to a sentinel past any key. ``shortest`` is the shortest closed
+    chunk. ``last_key`` remembers the newest absorbed key, so a cache that was reordered or
+    replaced is noticed instead of silently mis-scored.
     """
 
-    def __init__(self, reps: Tensor, tail: Tensor, closed: list[int], length: int, last_key: Tensor,
-                 norm: str) -> None:
-        self.reps = reps
-        self.tail = tail
+    def __init__(self, table: Tensor, lo: Tensor, hi: Tensor, closed: list[int], length: int,
+                 last_key: Tensor, norm: str, shortest: int) -> None:
+        self.table = table
+        self.lo = lo
+        self.hi = hi
         self.closed = closed
         self.length = length
         self.last_key = last_key
         self.norm = norm
+        self.shortest = shortest
 
     @classmethod
     def build(cls, k: Tensor, tracker: BoundaryTracker, norm: str) -> ChunkSums:
-        """Representations of the chunks of ``k [B, Hkv, L, D]`` at the tracker's boundaries."""
+        """The chunk table of ``k [B, Hkv, L, D]`` at the tracker's boundaries."""
         length = k.shape[2]
-        reps = chunk_representations(k, tracker.boundaries(k.device), norm)
+        bounds = tracker.boundaries(k.device)
+        reps = chunk_representations(k, bounds, norm)
         closed = [len(row) - 1 for row in tracker.closed]
-        tail = torch.stack(
-            [k[b, :, row[-1] :].float().sum(dim=1) for b, row in enumerate(tracker.closed)]
-        )
-        for b, n in enumerate(closed):
-            reps[b, :, n:] = 0
-        return cls(reps, tail, closed, length, k[:, :, -1].clone(), norm)
+        cap = max(closed) + 1
+        table = torch.zeros(*reps.shape[:2], cap + 1, reps.shape[3], device=k.device)
+        lo = torch.zeros(k.shape[0], cap + 1, dtype=torch.int64, device=k.device)
+        hi = torch.zeros_like(lo)
+        for b, (n, row) in enumerate(zip(closed, tracker.closed, strict=True)):
+            table[b, :, :n] = reps[b, :, :n]
+            table[b, :, -1] = k[b, :, row[-1] :].float().sum(dim=1)
+            lo[b, :n] = bounds[b, :n]
+            hi[b, :n] = bounds[b, 1 : n + 1]
+            lo[b, -1] = row[-1]
+        hi[:, -1] = _PAST_ANY_KEY
+        lengths = [row[i + 1] - row[i] for row in tracker.closed for i in range(len(row) - 1)]
+        shortest = min(lengths, default=1)
+        return cls(table, lo, hi, closed, length, k[:, :, -1].clone(), norm, shortest)
 
     def follows(self, k: Tensor) -> bool:
         """True when ``k [B, Hkv, L', D]`` extends the keys this state absorbed."""
         return (
-            k.shape[0] == self.tail.shape[0]
+            k.shape[0] == self.table.shape[0]
             and self.length < k.shape[2]
             and torch.equal(k[:, :, self.length - 1], self.last_key)
         )
@@ -229,37 +244,76 @@ class ChunkSums:
     def advance(self, k: Tensor, tracker: BoundaryTracker) -> None:
         """Absorb the new keys of ``k`` and close the chunks the tracker closed since."""
         new_length = k.shape[2]
-        self.tail += k[:, :, self.length :].float().sum(dim=2)
+        self.table[:, :, -1] += k[:, :, self.length :].float().sum(dim=2)
         for b, row in enumerate(tracker.closed):
             if len(row) - 1 == self.closed[b]:
                 continue
             for i in range(self.closed[b], len(row) - 1):
-                self._store(b, i, k[b, :, row[i] : row[i + 1]])
+                self._store(b, i, row[i], row[i + 1], k[b, :, row[i] : row[i + 1]])
             self.closed[b] = len(row) - 1
-            self.tail[b] = k[b, :, row[-1] :].float().sum(dim=1)
+            self.table[b, :, -1] = k[b, :, row[-1] :].float().sum(dim=1)
+            self.lo[b, -1] = row[-1]
         self.length = new_length
         self.last_key = k[:, :, -1].clone()
 
-    def _store(self, b: int, index: int, keys: Tensor) -> None:
-        if index >= self.reps.shape[2]:
-            grown = torch.zeros_like(self.reps).repeat(1, 1, 2, 1)
-            grown[:, :, : self.reps.shape[2]] = self.reps
-            self.reps = grown
-        count = torch.tensor(keys.shape[1], device=keys.device)
-        self.reps[b, :, index] = _normalize(keys.float().sum(dim=1), count, self.norm)
+    def _store(self, b: int, index: int, start: int, end: int, keys: Tensor) -> None:
+        cap = self.table.shape[2] - 1
+        if index >= cap:
+            self._grow(2 * cap)
+        count = torch.tensor(end - start, device=keys.device)
+        self.table[b, :, index] = _normalize(keys.float().sum(dim=1), count, self.norm)
+        self.lo[b, index] = start
+        self.hi[b, index] = end
+        self.shortest = min(self.shortest, end - start)
 
-    def representations(self, tracker: BoundaryTracker) -> Tensor:
-        """Float32 ``[B, Hkv, N, D]`` for the chunks of ``tracker.boundaries()``, tail included."""
-        width = max(self.closed) + 1
-        out = torch.zeros(
-            self.reps.shape[0], self.reps.shape[1], width, self.reps.shape[3],
-            device=self.reps.device,
-        )
-        for b, n in enumerate(self.closed):
-            out[b, :, :n] = self.reps[b, :, :n]
-            count = torch.tensor(self.length - tracker.closed[b][-1], device=out.device)
-            out[b, :, n] = _normalize(self.tail[b], count, self.norm)
-        return out
+    def _grow(self, cap: int) -> None:
+        old = self.table.shape[2] - 1
+        table = self.table.new_zeros(*self.table.shape[:2], cap + 1, self.table.shape[3])
+        table[:, :, :old] = self.table[:, :, :old]
+        table[:, :, -1] = self.table[:, :, -1]
+        lo, hi = (x.new_zeros(x.shape[0], cap + 1) for x in (self.lo, self.hi))
+        for new, current in ((lo, self.lo), (hi, self.hi)):
+            new[:, :old] = current[:, :old]
+            new[:, -1] = current[:, -1]
+        self.table, self.lo, self.hi = table, lo, hi
+
+    def fill(self, q: Tensor, config: DHSAConfig) -> tuple[Tensor, Tensor]:
+        """Spans ``(starts, ends)`` int64 ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
+        attends: the sink, the local window with the query, then whole chunks in descending
+        ``q . k_c`` score, the last one cut to the tokens that still fit, until ``budget`` keys
+        (the prefill selector's rule with one-token query blocks). Spans are disjoint; unused
+        ones are empty (``start == end``).
+
+        Runs as a fixed sequence of tensor operations with no device-to-host synchronization:
+        the host knows the length, the window and the most chunks the fill can touch.
+        """
+        length = self.length
+        batch, kv_heads, slots, _ = self.table.shape
+        window_start = max(length - 1 - config.local, 0)
+        sink_end = min(window_start, config.sink)
+        remaining = max(config.budget - sink_end - (length - window_start), 0)
+        query = query_block_representations(q, kv_heads, 1, self.norm)
+        scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
+        tail_count = (length - self.lo[:, -1]).clamp(min=1)
+        tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
+        scores[:, :, -1] /= tail_scale[:, None]
+        lo = self.lo.clamp(min=sink_end)
+        hi = self.hi.clamp(max=window_start)
+        cost = (hi - lo).clamp(min=0)
+        scores.masked_fill_((cost == 0)[:, None], -torch.inf)
+        top = min(slots, -(-remaining // max(self.shortest, 1)) + 2)
+        order = torch.topk(scores, top, dim=-1, sorted=True).indices
+        cost = cost[:, None].expand(-1, kv_heads, -1).gather(-1, order)
+        take = torch.minimum((remaining - cost.cumsum(-1) + cost).clamp(min=0), cost)
+        ends = hi[:, None].expand(-1, kv_heads, -1).gather(-1, order)
+        span_starts = ends.new_empty(batch, kv_heads, top + 2)
+        span_ends = torch.empty_like(span_starts)
+        for column, (start, end) in enumerate(((0, sink_end), (window_start, length))):
+            span_starts[..., column] = start
+            span_ends[..., column] = end
+        torch.sub(ends, take, out=span_starts[..., 2:])
+        span_ends[..., 2:] = ends
+        return span_starts, span_ends
 
 
 class DecodeSession:
@@ -294,7 +348,7 @@ class DecodeSession:
     def _tracker_key(layer: int, row: int | None, shared: bool) -> tuple:
         return ("shared", row) if shared else (layer, row)
 
-    def select(
+    def select_spans(
         self,
         q: Tensor,
         k: Tensor,
@@ -303,13 +357,15 @@ class DecodeSession:
         layer: int,
         row: int | None = None,
         norm: str = "sqrt",
-    ) -> Layout:
-        """Layout (``q_len = 1``) of the newest query ``q [B, Hq, 1, D]`` over ``k [B, Hkv, L, D]``.
+    ) -> tuple[Tensor, Tensor]:
+        """Spans ``(starts, ends)`` int64 ``[B, Hkv, S]`` of the newest query ``q [B, Hq, 1, D]``
+        over ``k [B, Hkv, L, D]`` (see :meth:`ChunkSums.fill`): the first ``sink`` keys, the
+        ``local`` keys before the query and the query itself, then whole chunks (the open tail
+        included) in descending ``q . k_c`` score until ``budget`` keys are selected.
 
-        Keeps the first ``sink`` keys, the ``local`` keys before the query and the query itself,
-        then whole chunks (the open tail included) in descending ``q . k_c`` score until
-        ``budget`` keys are selected: the same rule as the prefill selector with one-token query
-        blocks, on the incrementally found boundaries.
+        The chunk state lives on the keys' device; a step synchronizes with the host only to
+        check that ``k`` continues the absorbed keys and, once per token, to decide the next
+        chunk boundary.
         """
         if q.shape[2] != 1:
             raise ValueError(f"decode selection takes one query token, got {q.shape[2]}")
@@ -336,16 +392,23 @@ class DecodeSession:
             self._chunks[key] = chunks
         else:
             chunks.advance(k, tracker)
-        bounds = tracker.boundaries(k.device)
-        regions = block_regions(1, length, 1, config.sink, config.local, None, k.device)
-        return greedy_layout(
-            query_block_representations(q, k.shape[1], 1, norm),
-            chunks.representations(tracker),
-            bounds,
-            regions,
-            budget=config.budget,
-            q_len=1,
-            k_len=length,
-            query_block=1,
-            sliding_window=None,
+        return chunks.fill(q, config)
+
+    def select(
+        self,
+        q: Tensor,
+        k: Tensor,
+        config: DHSAConfig,
+        *,
+        layer: int,
+        row: int | None = None,
+        norm: str = "sqrt",
+    ) -> Layout:
+        """The spans of :meth:`select_spans` as a layout (``q_len = 1``, one row per
+        ``(batch, kv_head)``)."""
+        starts, ends = self.select_spans(q, k, config, layer=layer, row=row, norm=norm)
+        batch, kv_heads, width = starts.shape
+        return Layout.from_padded(
+            starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
+            q_len=1, k_len=k.shape[2], query_block=1,
         )

@@ -41,7 +41,7 @@ from .attention import dense_attention, sparse_attention
 from .chunking import compute_boundaries
 from .config import DHSAConfig
 from .decode import DecodeSession
-from .kernels import BACKENDS, attend
+from .kernels import BACKENDS, attend_decode
 from .methods import SELECTORS
 
 logger = logging.getLogger(__name__)
@@ -347,11 +347,11 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
         )
     if q_len == 1 and method in INCREMENTAL_NORMS:
         chosen = config if method == "dhsa" else config.replace(chunker="fixed")
-        layout = binding.session.select(
+        starts, ends = binding.session.select_spans(
             q, k, chosen, layer=layer, row=row, norm=INCREMENTAL_NORMS[method]
         )
-        return attend(
-            q, k, v, layout, scale=scale, softcap=softcap, backend=binding.backend,
+        return attend_decode(
+            q, k, v, starts, ends, scale=scale, softcap=softcap, backend=binding.backend,
             tile_elements=config.tile_elements,
         )
     boundaries = None

@@ -1,10 +1,10 @@
 """Decode benchmark: one new query per sequence against an ``L``-long cache, dense vs sparse.
 
 Dense is SDPA with one query (its best kernel on the device). Sparse decode is what a model pays
-per layer and token: :class:`dhsa.decode.DecodeSession` absorbs the new key and selects (sink,
-local window, best chunks within the budget), then the layout is attended. Timed per step over
-consecutive tokens, so the incremental state really advances; ``attend_ms`` is the attention over
-a fixed selection alone. A speedup is recorded only when the sparse output passed the float64
+per layer and token: :class:`dhsa.decode.DecodeSession` absorbs the new key and selects spans
+(sink, local window, best chunks within the budget), then :func:`dhsa.kernels.attend_decode`
+attends them. Timed per step over consecutive tokens, so the incremental state really advances;
+``attend_ms`` is the attention over a fixed selection alone. A speedup is recorded only when the sparse output passed the float64
 spot check.
 """
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import DHSAConfig
 from ..decode import DecodeSession
-from ..kernels import attend
+from ..kernels import attend_decode
 from .check import spot_check, tolerance
 from .measure import peak_extra_memory, synchronize, time_call
 from .runner import record_header, resolve_device
@@ -34,23 +34,24 @@ def _dense_decode(q, k, v):
 
 def decode_case(q, k, v, config: DHSAConfig, backend: str, steps: int, repeats: int) -> dict:
     """Per-token time of sparse decode over ``k, v [B, Hkv, L + steps, D]``: the state is built on
-    the first ``L`` keys, then each timed step adds one key and selects and attends."""
+    the first ``L`` keys, then each timed step adds one key, selects its spans and attends."""
     device = q.device
     length = k.shape[2] - steps
     session = DecodeSession()
-    session.select(q, k[:, :, :length], config, layer=0)
+    session.select_spans(q, k[:, :, :length], config, layer=0)
     times = []
     for n in range(length + 1, length + steps + 1):
         keys, values = k[:, :, :n], v[:, :, :n]
         synchronize(device)
         start = time.perf_counter()
-        layout = session.select(q, keys, config, layer=0)
-        out = attend(q, keys, values, layout, backend=backend)
+        starts, ends = session.select_spans(q, keys, config, layer=0)
+        out = attend_decode(q, keys, values, starts, ends, backend=backend)
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
+    layout = session.select(q, keys, config, layer=0)
     error = spot_check(q, keys, values, out, layout, samples=1)
     attend_ms = time_call(
-        lambda: attend(q, keys, values, layout, backend=backend), device, repeats, 2
+        lambda: attend_decode(q, keys, values, starts, ends, backend=backend), device, repeats, 2
     )["median_ms"]
     return {
         "step_ms": statistics.median(times[2:] or times),

@@ -82,3 +82,49 @@ def attend(
         )
     triton_prefill = importlib.import_module("dhsa.kernels.triton_prefill")
     return triton_prefill.attend_triton(q, k, v, layout, scale=scale, softcap=softcap)
+
+
+def attend_decode(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
+    backend: str = "auto",
+    tile_elements: int = 1 << 20,
+) -> Tensor:
+    """Attention of one query per sequence over padded key spans: the sparse decode step.
+
+    ``q [B, Hq, 1, D]`` is the query at key position ``Lk - 1`` of ``k, v [B, Hkv, Lk, D]``;
+    ``starts, ends`` (integer ``[B, Hkv, S]``) are disjoint spans of keys up to the query, empty
+    where ``end <= start`` (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them). The
+    Triton backend reads the spans as they are, with no device-to-host synchronization; the
+    others attend the same keys as a layout. Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
+    """
+    check_qkv(q, k, v)
+    batch, kv_heads, k_len = k.shape[0], k.shape[1], k.shape[2]
+    if q.shape[2] != 1 or starts.shape != ends.shape or starts.shape[:2] != (batch, kv_heads):
+        raise ValueError(
+            f"decode attention takes q [B, Hq, 1, D] and spans [B, Hkv, S]; got q "
+            f"{tuple(q.shape)}, k {tuple(k.shape)}, starts {tuple(starts.shape)}, ends "
+            f"{tuple(ends.shape)}"
+        )
+    scale = check_scale(scale, q.shape[-1])
+    softcap = check_softcap(softcap)
+    name = resolve_backend(backend, q.device)
+    if name == "triton":
+        triton_decode = importlib.import_module("dhsa.kernels.triton_decode")
+        return triton_decode.attend_triton_decode_spans(
+            q, k, v, starts, ends, scale=scale, softcap=softcap
+        )
+    width = starts.shape[-1]
+    layout = Layout.from_padded(
+        starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
+        q_len=1, k_len=k_len, query_block=1,
+    )
+    return attend(
+        q, k, v, layout, scale=scale, softcap=softcap, backend=name, tile_elements=tile_elements
+    )

@@ -25,6 +25,67 @@ def tanh(x):
 
 
 @triton.jit
+def logits(q, k, qk_scale, cap_in, cap_out, HAS_SOFTCAP: tl.constexpr,
+           DOT_PRECISION: tl.constexpr):
+    """Base-2 logits of ``q [M, D]`` against ``k [N, D]`` (see :func:`attend_stream`)."""
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if HAS_SOFTCAP:
+        return cap_out * tanh(qk * cap_in)
+    return qk * qk_scale
+
+
+@triton.jit
+def online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION: tl.constexpr):
+    """Fold the base-2 logits ``s [M, N]`` (``-inf`` where masked) and values ``v [N, D]`` into
+    the running ``acc, m_i, l_i``; rows that have seen no key keep ``m_i = -inf``."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def attend_span(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    stride_kl,
+    stride_vl,
+    lo,
+    hi,
+    qk_scale,
+    cap_in,
+    cap_out,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Online-softmax accumulation of the contiguous keys ``[lo, hi)``, all visible to every
+    query of ``q [BLOCK_M, BLOCK_D]`` (a decode query sees every key before it)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for t0 in range(lo, hi, BLOCK_N):
+        pos = (t0 + offs_n).to(tl.int64)
+        valid = pos < hi
+        kv_mask = valid[:, None] & d_ok[None, :]
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = logits(q, k, qk_scale, cap_in, cap_out, HAS_SOFTCAP, DOT_PRECISION)
+        s = tl.where(valid[None, :], s, float("-inf"))
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def attend_stream(
     acc,
     m_i,
@@ -70,11 +131,7 @@ def attend_stream(
         pos = tl.load(key_pos + t, mask=valid, other=0)
         kv_mask = valid[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if HAS_SOFTCAP:
-            s = cap_out * tanh(qk * cap_in)
-        else:
-            s = qk * qk_scale
+        s = logits(q, k, qk_scale, cap_in, cap_out, HAS_SOFTCAP, DOT_PRECISION)
         if HAS_BIAS:
             s += tl.load(key_bias + t, mask=valid, other=0.0)[None, :] * 1.4426950408889634
         # Keys of a stream are sorted, so only tiles reaching the queries' own block (causal),
@@ -88,14 +145,8 @@ def attend_stream(
             if HAS_WINDOW:
                 keep = keep & (q_pos[:, None] - pos[None, :] < window)
             s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
     return acc, m_i, l_i
 
 

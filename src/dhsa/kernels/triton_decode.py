@@ -17,12 +17,43 @@ from torch import Tensor
 
 from ..layout import Layout
 from .triton_common import (
+    attend_span,
     attend_stream,
     check_inputs,
     dot_precision,
     key_stream,
     logit_constants,
 )
+
+
+@triton.jit
+def _group_queries(Q, b, h, stride_qb, stride_qh, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The ``GROUP`` query heads of KV head ``h`` in batch ``b``, as ``[BLOCK_M, BLOCK_D]``."""
+    offs_g = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    head = (h * GROUP + offs_g).to(tl.int64)
+    return tl.load(
+        Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+        mask=(offs_g < GROUP)[:, None] & (offs_d < HEAD_DIM)[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _store_partials(part_acc, part_max, part_sum, acc, m_i, l_i, piece, GROUP: tl.constexpr,
+                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Write one piece's unnormalized ``acc``, running max and sum for the group's heads."""
+    offs_g = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    g_ok = offs_g < GROUP
+    slot = piece * GROUP + offs_g
+    tl.store(part_max + slot, m_i, mask=g_ok)
+    tl.store(part_sum + slot, l_i, mask=g_ok)
+    tl.store(
+        part_acc + slot[:, None] * HEAD_DIM + offs_d[None, :], acc,
+        mask=g_ok[:, None] & (offs_d < HEAD_DIM)[None, :],
+    )
 
 
 @triton.jit
@@ -65,16 +96,7 @@ def _decode_split_kernel(
     split = tl.program_id(1)
     h = row % kv_heads
     b = (row // kv_heads).to(tl.int64)
-    offs_g = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    g_ok = offs_g < GROUP
-    d_ok = offs_d < HEAD_DIM
-    head = (h * GROUP + offs_g).to(tl.int64)
-    q = tl.load(
-        Q + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
-        mask=g_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    q = _group_queries(Q, b, h, stride_qb, stride_qh, GROUP, BLOCK_M, HEAD_DIM, BLOCK_D)
 
     t_lo = tl.load(row_stream + row)
     t_hi = tl.load(row_stream + row + 1)
@@ -95,12 +117,65 @@ def _decode_split_kernel(
             positions, q_pos, q_pos, window, qk_scale, cap_in, cap_out,
             BLOCK_N, HEAD_DIM, BLOCK_D, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, DOT_PRECISION,
         )
-    slot = (row * SPLITS + split) * GROUP + offs_g
-    tl.store(part_max + slot, m_i, mask=g_ok)
-    tl.store(part_sum + slot, l_i, mask=g_ok)
-    tl.store(
-        part_acc + slot[:, None] * HEAD_DIM + offs_d[None, :], acc,
-        mask=g_ok[:, None] & d_ok[None, :],
+    _store_partials(
+        part_acc, part_max, part_sum, acc, m_i, l_i, row * SPLITS + split,
+        GROUP, BLOCK_M, HEAD_DIM, BLOCK_D,
+    )
+
+
+@triton.jit
+def _decode_spans_kernel(
+    Q,
+    K,
+    V,
+    part_acc,
+    part_max,
+    part_sum,
+    span_starts,
+    span_ends,
+    num_spans,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
+    kv_heads,
+    qk_scale,
+    cap_in,
+    cap_out,
+    SPLITS: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    h = row % kv_heads
+    b = (row // kv_heads).to(tl.int64)
+    q = _group_queries(Q, b, h, stride_qb, stride_qh, GROUP, BLOCK_M, HEAD_DIM, BLOCK_D)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    # Spans come best-scored first, so dealing them out in turn spreads the long ones.
+    for i in range(split, num_spans, SPLITS):
+        lo = tl.load(span_starts + row * num_spans + i)
+        hi = tl.load(span_ends + row * num_spans + i)
+        acc, m_i, l_i = attend_span(
+            acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, lo, hi, qk_scale, cap_in,
+            cap_out, BLOCK_N, HEAD_DIM, BLOCK_D, HAS_SOFTCAP, DOT_PRECISION,
+        )
+    _store_partials(
+        part_acc, part_max, part_sum, acc, m_i, l_i, row * SPLITS + split,
+        GROUP, BLOCK_M, HEAD_DIM, BLOCK_D,
     )
 
 
@@ -143,15 +218,15 @@ def _decode_merge_kernel(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
-def split_count(rows: int, k_len: int, block_n: int, device: torch.device) -> int:
-    """Pieces per row: about two programs per multiprocessor over all rows, at most one tile of
-    the longest possible stream each."""
+def split_count(rows: int, pieces: int, device: torch.device) -> int:
+    """Programs per row: about two per multiprocessor over all rows, at most ``pieces`` (tiles of
+    the longest possible key stream, or spans) each."""
     if device.type == "cuda":
         processors = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         processors = 2
     wanted = -(-2 * processors // max(rows, 1))
-    return max(1, min(wanted, -(-k_len // block_n), 64))
+    return max(1, min(wanted, pieces, 64))
 
 
 def attend_triton_decode(
@@ -184,16 +259,14 @@ def attend_triton_decode(
     group = q_heads // k.shape[1]
     block_n = 32 if dim > 128 else 64
     rows = layout.num_rows
-    splits = splits or split_count(rows, layout.k_len, block_n, q.device)
+    splits = splits or split_count(rows, -(-layout.k_len // block_n), q.device)
     row_stream, key_pos, key_bias = key_stream(layout)
-    part_acc = torch.empty(rows * splits * group, dim, dtype=torch.float32, device=q.device)
-    part_max = torch.empty(rows * splits * group, dtype=torch.float32, device=q.device)
-    part_sum = torch.empty_like(part_max)
+    parts = _partials(rows, splits, group, dim, q.device)
     out = torch.empty_like(q) if out is None else out
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
     block_d = max(16, triton.next_power_of_2(dim))
     _decode_split_kernel[(rows, splits)](
-        q, k, v, part_acc, part_max, part_sum, row_stream, key_pos,
+        q, k, v, *parts, row_stream, key_pos,
         key_pos if key_bias is None else key_bias,
         q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2),
@@ -213,13 +286,91 @@ def attend_triton_decode(
         num_warps=4,
         num_stages=2,
     )
-    _decode_merge_kernel[(rows, group)](
-        out, part_acc, part_max, part_sum, out.stride(0), out.stride(1), layout.kv_heads,
+    _merge(out, parts, splits, group, layout.kv_heads)
+    return out
+
+
+def _partials(rows: int, splits: int, group: int, dim: int, device) -> tuple[Tensor, ...]:
+    """Buffers ``(acc, max, sum)`` for the per-piece results of ``rows x splits`` programs."""
+    acc = torch.empty(rows * splits * group, dim, dtype=torch.float32, device=device)
+    maxima = torch.empty(rows * splits * group, dtype=torch.float32, device=device)
+    return acc, maxima, torch.empty_like(maxima)
+
+
+def _merge(out: Tensor, parts: tuple[Tensor, ...], splits: int, group: int, kv_heads: int):
+    dim = out.shape[-1]
+    _decode_merge_kernel[(out.shape[0] * kv_heads, group)](
+        out, *parts, out.stride(0), out.stride(1), kv_heads,
         SPLITS=splits,
         BLOCK_S=triton.next_power_of_2(splits),
         GROUP=group,
         HEAD_DIM=dim,
-        BLOCK_D=block_d,
+        BLOCK_D=max(16, triton.next_power_of_2(dim)),
         num_warps=4,
     )
+
+
+def attend_triton_decode_spans(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    *,
+    scale: float,
+    softcap: float | None = None,
+    splits: int | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Attention of one query per sequence over padded key spans, read straight from the cache.
+
+    Args:
+        q: ``[B, Hq, 1, D]``, the query at key position ``Lk - 1``; float16, bfloat16 or float32.
+        k, v: ``[B, Hkv, Lk, D]`` (a KV cache, read in place); ``Hq = G * Hkv``.
+        starts, ends: integer ``[B, Hkv, S]``: disjoint spans ``[start, end)`` of keys before the
+            query (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them); a span with
+            ``end <= start`` is empty. Nothing is masked: every span key is attended.
+        scale, softcap: as in :func:`dhsa.kernels.triton_prefill.attend_triton`.
+        splits: programs per ``(batch, kv_head)`` row, spans dealt out in turn; default from the
+            GPU's size and the row count.
+        out: ``[B, Hq, 1, D]`` buffer to write into; allocated like ``q`` when None.
+
+    Returns ``[B, Hq, 1, D]`` in ``q.dtype``; heads with no key give zeros. No device-to-host
+    synchronization: the launch depends on shapes only.
+    """
+    check_inputs(q, k, v)
+    batch, q_heads, q_len, dim = q.shape
+    kv_heads = k.shape[1]
+    spans_ok = starts.shape == ends.shape == (batch, kv_heads, starts.shape[-1])
+    if q_len != 1 or not spans_ok:
+        raise ValueError(
+            f"decode spans need q [B, Hq, 1, D] and starts/ends [B, Hkv, S] alike; got q "
+            f"{tuple(q.shape)}, k {tuple(k.shape)}, starts {tuple(starts.shape)}, ends "
+            f"{tuple(ends.shape)}"
+        )
+    group = q_heads // kv_heads
+    rows, num_spans = batch * kv_heads, starts.shape[-1]
+    splits = splits or split_count(rows, num_spans, q.device)
+    parts = _partials(rows, splits, group, dim, q.device)
+    out = torch.empty_like(q) if out is None else out
+    qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
+    _decode_spans_kernel[(rows, splits)](
+        q, k, v, *parts,
+        starts.to(torch.int32).contiguous(), ends.to(torch.int32).contiguous(), num_spans,
+        q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        kv_heads, qk_scale, cap_in, cap_out,
+        SPLITS=splits,
+        GROUP=group,
+        BLOCK_M=max(16, triton.next_power_of_2(group)),
+        BLOCK_N=32 if dim > 128 else 64,
+        HEAD_DIM=dim,
+        BLOCK_D=max(16, triton.next_power_of_2(dim)),
+        HAS_SOFTCAP=softcap is not None,
+        DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=4,
+        num_stages=2,
+    )
+    _merge(out, parts, splits, group, kv_heads)
     return out
