@@ -158,6 +158,23 @@ def test_torch_backend_matches_reference_on_random_layouts_with_bias(rng):
         assert (out[empty_rows.repeat_interleave(group, dim=1)] == 0).all()
 
 
+@pytest.mark.parametrize("cut", ["length", "padding", "heads"])
+def test_torch_backend_reads_views_of_a_cache_like_copies(rng, cut):
+    q, k, v = make_qkv(2, 6, 3, 1, 120, 16, rng)
+    if cut == "length":  # a cache with room for more positions, read up to the query
+        k, v = (torch.cat([x, torch.randn_like(x)], dim=2)[:, :, :120] for x in (k, v))
+    elif cut == "padding":  # one left-padded row, read after its pads
+        q, k, v = q[1:], k[1:, :, 17:], v[1:, :, 17:]
+    else:  # heads cut out of a larger cache: no in-place reading, a copy
+        q, k, v = q[:, :4], k[:, 1:], v[:, 1:]
+    layout = dhsa.select(q, k, DHSAConfig(budget=64, sink=4, local=8, query_block=8))
+    out = dhsa.attend(q, k, v, layout, backend="torch")
+    copies = dhsa.attend(q, k.contiguous(), v.contiguous(), layout, backend="torch")
+    assert not k.is_contiguous()
+    torch.testing.assert_close(out, copies, rtol=0, atol=0)
+    torch.testing.assert_close(out, dhsa.attend(q, k, v, layout, backend="reference"))
+
+
 def test_bf16_torch_backend_error_within_dtype_noise(rng):
     q, k, v = make_qkv(1, 4, 2, 700, 700, 64, rng)
     config = DHSAConfig(budget=256, sink=16, local=64, min_length=0)

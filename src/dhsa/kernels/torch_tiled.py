@@ -38,6 +38,24 @@ def _queries_of_rows(rows: Tensor, batch: int, q_heads: int, q_len: int, kv_head
     return out[:, :, :q_len]
 
 
+def _flat_rows(x: Tensor) -> tuple[Tensor, int]:
+    """``(rows, stride)`` with ``x[b, h, t] == rows[(b * H + h) * stride + t]`` for ``x [B, H, L, D]``.
+
+    A cache cut to its first ``L`` positions (or a padded row cut to its last ones) is read in
+    place: reshaping such a view would copy the whole cache on every decode step.
+    """
+    batch, heads, length, dim = x.shape
+    if heads > 1:
+        stride, outer = x.stride(1), x.stride(0) if batch > 1 else heads * x.stride(1)
+    else:
+        stride = x.stride(0) if batch > 1 else length * dim
+        outer = stride
+    if x.stride(3) != 1 or x.stride(2) != dim or stride % dim or outer != heads * stride:
+        return x.reshape(batch * heads * length, dim), length
+    count = (batch * heads - 1) * (stride // dim) + length
+    return x.as_strided((count, dim), (dim, 1)), stride // dim
+
+
 def _gather_positions(layout: Layout, r0: int, r1: int, keys_per_row: Tensor):
     """Key columns of rows ``r0:r1``, arranged so causal masking touches few columns.
 
@@ -105,8 +123,8 @@ def attend_torch(
     q_rows = _rows_of_queries(q, kv_heads, bq)
     out_rows = torch.empty(q_rows.shape[0], group * bq, v.shape[-1], dtype=q.dtype, device=q.device)
     # One row per (batch, kv_head, position): keys are gathered by flat row index.
-    k_rows = k.reshape(batch * kv_heads * k_len, dim)
-    v_rows = v.reshape(batch * kv_heads * k_len, v.shape[-1])
+    k_rows, k_stride = _flat_rows(k)
+    v_rows, v_stride = _flat_rows(v)
     lengths = (layout.ends - layout.starts).long()
     keys_per_row = torch.zeros(layout.num_rows, dtype=torch.int64, device=q.device)
     keys_per_row.index_add_(0, layout.row_ids(), lengths)
@@ -121,9 +139,10 @@ def attend_torch(
         safe = positions.clamp(min=0)
         head = (rows // num_blocks)[:, None]
         # index_select on flat rows: much faster on the CPU than advanced indexing [head, safe].
-        flat = (head * k_len + safe).view(-1)
-        keys = k_rows.index_select(0, flat).view(*safe.shape, dim).to(compute)
-        values = v_rows.index_select(0, flat).view(*safe.shape, v.shape[-1]).to(compute)
+        keys = k_rows.index_select(0, (head * k_stride + safe).view(-1))
+        values = v_rows.index_select(0, (head * v_stride + safe).view(-1))
+        keys = keys.view(*safe.shape, dim).to(compute)
+        values = values.view(*safe.shape, v.shape[-1]).to(compute)
         column_bias = torch.zeros(present.shape, dtype=torch.float32, device=q.device)
         column_bias.masked_fill_(~present, -torch.inf)
         if layout.span_bias is not None:
