@@ -260,7 +260,7 @@ class ChunkSums:
         cap = self.table.shape[2] - 1
         if index >= cap:
             self._grow(2 * cap)
-        count = torch.tensor(end - start, device=keys.device)
+        count = torch.full((), end - start, device=keys.device)  # no host-to-device copy
         self.table[b, :, index] = _normalize(keys.float().sum(dim=1), count, self.norm)
         self.lo[b, index] = start
         self.hi[b, index] = end
