@@ -198,6 +198,33 @@ def test_decode_spans_of_a_session_match_its_layout(rng):
     assert_close_to_reference(out, q, k, v, layout, scale=0.125)
 
 
+def spans_mask(starts, ends, k_len):
+    width = starts.shape[-1]
+    layout = Layout.from_padded(
+        starts.reshape(-1, width).cpu(), ends.reshape(-1, width).cpu(), batch=starts.shape[0],
+        kv_heads=starts.shape[1], q_len=1, k_len=k_len, query_block=1,
+    )
+    return layout.to_dense_mask()
+
+
+@pytest.mark.parametrize("norm, budget", [("sqrt", 96), ("mean", 96), ("sqrt", 4096)])
+def test_decode_fill_kernel_matches_the_torch_fill(rng, norm, budget):
+    config = dhsa.DHSAConfig(**dict(SMALL, budget=budget, query_block=8))
+    batch, length = 2, 400
+    q = torch.randn(batch, 6, length, 32, generator=rng).to(DEVICE)
+    k = torch.randn(batch, 2, length, 32, generator=rng).to(DEVICE)
+    session = DecodeSession()
+    for now in range(331, length + 1, 23):
+        query = q[:, :, now - 1 : now]
+        session.select_spans(query, k[:, :, :now], config, layer=0, norm=norm)
+        chunks = session._chunks[(0, None)]
+        want = chunks.fill(query, config, use_triton=False)
+        got = chunks.fill(query, config, use_triton=True)
+        assert got[0].dtype == torch.int32 and got[0].shape == want[0].shape
+        assert torch.equal(spans_mask(*got, now), spans_mask(*want, now))
+        assert int((got[1] - got[0]).clamp(min=0).sum(-1).min()) == min(budget, now)
+
+
 def test_decode_is_chosen_for_single_query_layouts(rng):
     q, k, v = to_device(*make_qkv(2, 2, 2, 1, 130, 64, rng), dtype=torch.float32)
     layout = dhsa.select(q, k, dhsa.DHSAConfig(**SMALL))

@@ -35,6 +35,7 @@ from .chunking import compute_boundaries, load_predictor, pad_boundaries
 from .chunking.learned import cut_logits
 from .chunking.similarity import shift_scores
 from .config import DHSAConfig
+from .kernels.dispatch import triton_available
 from .layout import Layout
 from .methods.scoring import _normalize, chunk_representations, query_block_representations
 
@@ -277,21 +278,35 @@ class ChunkSums:
             new[:, -1] = current[:, -1]
         self.table, self.lo, self.hi = table, lo, hi
 
-    def fill(self, q: Tensor, config: DHSAConfig) -> tuple[Tensor, Tensor]:
-        """Spans ``(starts, ends)`` int64 ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
+    def fill(
+        self, q: Tensor, config: DHSAConfig, use_triton: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Spans ``(starts, ends)`` ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
         attends: the sink, the local window with the query, then whole chunks in descending
         ``q . k_c`` score, the last one cut to the tokens that still fit, until ``budget`` keys
         (the prefill selector's rule with one-token query blocks). Spans are disjoint; unused
         ones are empty (``start == end``).
 
-        Runs as a fixed sequence of tensor operations with no device-to-host synchronization:
-        the host knows the length, the window and the most chunks the fill can touch.
+        No device-to-host synchronization: the host knows the length, the window and the most
+        chunks the fill can touch. ``use_triton`` (default: on CUDA when Triton is there) runs
+        the two-launch fill of :mod:`dhsa.kernels.triton_decode_fill` (int32 spans, chunks in
+        slot order) instead of the tensor operations here (int64, best first).
         """
         length = self.length
-        batch, kv_heads, slots, _ = self.table.shape
         window_start = max(length - 1 - config.local, 0)
         sink_end = min(window_start, config.sink)
         remaining = max(config.budget - sink_end - (length - window_start), 0)
+        top = min(self.table.shape[2], -(-remaining // max(self.shortest, 1)) + 2)
+        if use_triton is None:
+            use_triton = triton_available(self.table.device)
+        if use_triton:
+            from .kernels.triton_decode_fill import fill_triton
+
+            return fill_triton(
+                q, self.table, self.lo, self.hi, length=length, sink_end=sink_end,
+                window_start=window_start, remaining=remaining, width=top + 2, norm=self.norm,
+            )
+        batch, kv_heads = self.table.shape[:2]
         query = query_block_representations(q, kv_heads, 1, self.norm)
         scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
         tail_count = (length - self.lo[:, -1]).clamp(min=1)
@@ -301,7 +316,6 @@ class ChunkSums:
         hi = self.hi.clamp(max=window_start)
         cost = (hi - lo).clamp(min=0)
         scores.masked_fill_((cost == 0)[:, None], -torch.inf)
-        top = min(slots, -(-remaining // max(self.shortest, 1)) + 2)
         order = torch.topk(scores, top, dim=-1, sorted=True).indices
         cost = cost[:, None].expand(-1, kv_heads, -1).gather(-1, order)
         take = torch.minimum((remaining - cost.cumsum(-1) + cost).clamp(min=0), cost)
@@ -358,10 +372,10 @@ class DecodeSession:
         row: int | None = None,
         norm: str = "sqrt",
     ) -> tuple[Tensor, Tensor]:
-        """Spans ``(starts, ends)`` int64 ``[B, Hkv, S]`` of the newest query ``q [B, Hq, 1, D]``
-        over ``k [B, Hkv, L, D]`` (see :meth:`ChunkSums.fill`): the first ``sink`` keys, the
-        ``local`` keys before the query and the query itself, then whole chunks (the open tail
-        included) in descending ``q . k_c`` score until ``budget`` keys are selected.
+        """Spans ``(starts, ends)`` (integer ``[B, Hkv, S]``) of the newest query
+        ``q [B, Hq, 1, D]`` over ``k [B, Hkv, L, D]`` (see :meth:`ChunkSums.fill`): the first
+        ``sink`` keys, the ``local`` keys before the query and the query itself, then whole chunks
+        (the open tail included) in descending ``q . k_c`` score until ``budget`` keys.
 
         The chunk state lives on the keys' device; a step synchronizes with the host only to
         check that ``k`` continues the absorbed keys and, once per token, to decide the next
