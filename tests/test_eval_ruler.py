@@ -60,6 +60,27 @@ def test_needles_present_once_and_answers_in_context(task, essays):
     assert len(sample.answers) == spec.num_values * spec.num_queries
 
 
+def test_niah_command_builds_each_cell_at_its_depth(monkeypatch, essays):
+    import argparse
+
+    from dhsa.commands import niah as niah_command
+
+    captured = {}
+
+    def record_session(args, *, kind, item_field, items, sample_for):
+        captured.update(items=items, sample_for=sample_for)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dhsa.eval.session.run_session", record_session)
+    with pytest.raises(KeyboardInterrupt):
+        niah_command.run(argparse.Namespace(depths="0.1,0.9"))
+    assert captured["items"] == [0.1, 0.9]
+    # The session calls sample_for(length, index, item, count_tokens, essays, seed).
+    for index, depth in ((2, 0.9), (0, 0.1)):
+        cell = captured["sample_for"](3001, index, depth, count_tokens, essays, 7)
+        assert cell == niah_sample(3001, depth, index, count_tokens, essays, seed=7)
+
+
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.77, 1.0])
 def test_niah_needle_at_stated_depth_on_sentence_boundary(depth, essays):
     sample = niah_sample(3001, depth, 2, count_tokens, essays, seed=7)

@@ -39,13 +39,13 @@ def parse_depths(text: str) -> list[float]:
 
 
 def run(args) -> int:
-    from ..eval.niah import niah_sample
+    from ..eval.niah import niah_cell_sample
     from ..eval.session import run_session
     from ..eval.summary import SCORE_COLUMNS, format_table, write_niah_outputs
 
     store = run_session(
         args, kind="niah", item_field="depth", items=parse_depths(args.depths),
-        sample_for=niah_sample,
+        sample_for=niah_cell_sample,
     )
     document, paths = write_niah_outputs(store, Path(args.out))
     print(format_table(document["by_length"], SCORE_COLUMNS))

@@ -24,3 +24,11 @@ def niah_sample(
     return needle_sample(
         NEEDLE_TASKS[NIAH_TASK], "niah", rng, length, count_tokens, essays, depths=[depth]
     )
+
+
+def niah_cell_sample(
+    length: int, index: int, depth: float, count_tokens: TokenCounter, essays, seed: int = 0
+) -> Sample:
+    """:func:`niah_sample` with the arguments in the order a grid cell gives them
+    (``length, index, item``, as :func:`dhsa.eval.session.run_session` calls ``sample_for``)."""
+    return niah_sample(length, depth, index, count_tokens, essays, seed=seed)
