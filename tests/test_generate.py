@@ -177,3 +177,24 @@ def test_errors_name_the_problem(tiny_llama, tmp_path, prompt_file, capsys):
     assert run_generate(tiny_llama, prompt_file, tmp_path / "x.json", "--threads", "0") == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("boundaries, shared", [("shared", True), ("per-layer", False)])
+def test_boundaries_option_reaches_the_config(tiny_llama, prompt_file, tmp_path, monkeypatch,
+                                              boundaries, shared):
+    import dhsa.hf
+
+    configured = []
+    original = dhsa.hf.configure
+
+    def spy(model, config=None, **kwargs):
+        configured.append(config)
+        return original(model, config, **kwargs)
+
+    monkeypatch.setattr(dhsa.hf, "configure", spy)
+    out = tmp_path / "gen.json"
+    code = run_generate(tiny_llama, prompt_file, out, "--no-dense", "--budget", "1024",
+                        "--max-new-tokens", "2", "--boundaries", boundaries)
+    assert code == 0
+    assert [c.share_boundaries for c in configured] == [shared]
+    assert json.loads(out.read_text())["boundaries"] == boundaries

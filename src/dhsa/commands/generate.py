@@ -46,6 +46,9 @@ def add_parser(subparsers) -> None:
                    help="sparse methods run dense below this many keys (default %(default)s)")
     p.add_argument("--chunker", choices=["similarity", "fixed"], default="similarity",
                    help="dhsa chunker (default %(default)s)")
+    p.add_argument("--boundaries", choices=["shared", "per-layer"], default="shared",
+                   help="dhsa chunk boundaries computed once (first sparse layer) and shared by "
+                   "all layers, or per layer from each layer's own keys (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="tokens to generate, fewer if an end-of-sequence token comes "
                    "(default %(default)s)")
@@ -240,7 +243,10 @@ def use_attention(model, contender, args) -> None:
     if contender.method == "dense":
         model.set_attn_implementation("sdpa")
         return
-    config = DHSAConfig(chunker=args.chunker, min_length=args.min_length, budget=contender.budget)
+    config = DHSAConfig(
+        chunker=args.chunker, min_length=args.min_length, budget=contender.budget,
+        share_boundaries=args.boundaries == "shared",
+    )
     configure(model, config, method=contender.method)
 
 
@@ -332,6 +338,7 @@ def run(args) -> int:
             "model": args.model, "dtype": args.dtype, "prompt_file": str(args.prompt_file),
             "chat": args.chat, "max_new_tokens": args.max_new_tokens,
             "min_length": args.min_length, "chunker": args.chunker,
+            "boundaries": args.boundaries,
             "load_seconds": round(load_s, 2), "results": rows,
         }
         print(f"wrote {write_json(args.json, document)}")
