@@ -204,3 +204,19 @@ def test_learned_chunker_generates_with_incremental_decode(tmp_path):
     assert seq.shape == (1, 81) and torch.isfinite(steps).all()
     binding = model.model.layers[0].self_attn._dhsa_binding
     assert binding.session._chunks, "decode never used the incremental selection state"
+
+
+def test_tokenizer_check_warns_when_common_words_split(caplog):
+    from dhsa.models import PROBE_WORDS, check_tokenizer
+
+    def words(text, add_special_tokens=True):
+        return {"input_ids": text.split()}
+
+    def pieces(text, add_special_tokens=True):
+        return {"input_ids": [text[i : i + 2] for i in range(0, len(text), 2)]}
+
+    with caplog.at_level("WARNING", logger="dhsa.models"):
+        assert check_tokenizer(words, "good.gguf") == 0
+        assert not caplog.records
+        assert check_tokenizer(pieces, "broken.gguf") == len(PROBE_WORDS)
+    assert "broken.gguf splits common words" in caplog.text

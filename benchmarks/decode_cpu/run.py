@@ -7,9 +7,10 @@ query of position ``L + t`` over the first ``L + t + 1`` keys (views: no cache c
 
 Timed per token, after ``warmup`` untimed steps:
   - ``dense``: ``F.scaled_dot_product_attention`` over all keys (``O(L)``);
-  - ``dhsa`` at each budget: :meth:`dhsa.decode.DecodeSession.select` (extends the boundaries and
-    chunk sums by one token, scores the chunks, greedy fill) plus :func:`dhsa.attend` over the
-    selected spans (torch backend), the path ``attn_implementation="dhsa"`` takes per decode step;
+  - ``dhsa`` at each budget: :meth:`dhsa.decode.DecodeSession.select_spans` (extends the
+    boundaries and chunk sums by one token, scores the chunks, greedy fill) plus
+    :func:`dhsa.kernels.attend_decode` over the selected spans (torch backend), the path
+    ``attn_implementation="dhsa"`` takes per decode step;
     the session is started on the ``L``-token prefix untimed (as the prefill would);
   - ``dhsa_fresh`` at each budget (``--fresh``): :func:`dhsa.select` on the whole cache per token,
     i.e. what decode would cost without the incremental state.
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 import dhsa
 from dhsa.decode import DecodeSession
+from dhsa.kernels import attend_decode
 
 SHAPE = {"batch": 1, "q_heads": 8, "kv_heads": 2, "head_dim": 64, "dtype": "float32"}
 
@@ -105,18 +107,23 @@ def sparse_runs(q, k, v, length, budget, args, scale) -> list[dict]:
 
     def sparse_step(pos: int) -> None:
         qs, ks, vs = q[:, :, pos : pos + 1], k[:, :, : pos + 1], v[:, :, : pos + 1]
-        layout = session.select(qs, ks, config, layer=0)
-        dhsa.attend(qs, ks, vs, layout, scale=scale, backend="torch")
-        selected.append(layout)
+        starts, ends = session.select_spans(qs, ks, config, layer=0)
+        attend_decode(qs, ks, vs, starts, ends, scale=scale, backend="torch")
+        selected.append((starts, ends))
 
     pos = length
     sparse_step(pos)
-    layout = selected.pop()
+    starts, ends = selected.pop()
+    width = starts.shape[-1]
+    layout = dhsa.Layout.from_padded(
+        starts.reshape(-1, width), ends.reshape(-1, width), batch=1, kv_heads=k.shape[1],
+        q_len=1, k_len=pos + 1, query_block=1,
+    )
     error = check_against_reference(
         q[:, :, pos : pos + 1], k[:, :, : pos + 1], v[:, :, : pos + 1], layout, scale
     )
     times = time_steps(sparse_step, length + 1, args.steps, args.warmup)
-    keys = [float(lay.num_selected().float().mean()) for lay in selected]
+    keys = [float((e - s).clamp(min=0).sum(-1).float().mean()) for s, e in selected]
     chunks = session.boundaries(0).shape[1] - 1
     runs = [{
         "method": "dhsa", "length": length, "budget": budget, **summary(times),

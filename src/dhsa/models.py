@@ -240,6 +240,30 @@ def resolve_model(name_or_path: str, directory: str | os.PathLike | None = None)
     return name_or_path, None
 
 
+# Common English words that every English-trained vocabulary holds as single tokens.
+PROBE_WORDS = ("the", "and", "that", "have", "with", "this", "from", "they", "would", "there")
+
+
+def check_tokenizer(tokenizer, name: str) -> int:
+    """Warn when ``tokenizer`` splits common English words (a broken GGUF tokenizer conversion:
+    transformers 5.17 cut Gemma-3's " the" into " t" + "he" here, and the model then writes
+    garbled text). Returns how many of :data:`PROBE_WORDS` took more than one token."""
+    split = [
+        word for word in PROBE_WORDS
+        if len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) > 1
+    ]
+    if len(split) > len(PROBE_WORDS) // 2:
+        import transformers
+
+        logger.warning(
+            "the tokenizer of %s splits common words into pieces (%s) under transformers %s: its "
+            "GGUF conversion looks broken and the model will read garbled text; use another "
+            "transformers version (5.24 converts it correctly) or the model's own tokenizer",
+            name, ", ".join(repr(" " + w) for w in split), transformers.__version__,
+        )
+    return len(split)
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -265,6 +289,8 @@ def load_model(
     source, gguf_file = resolve_model(name_or_path, directory)
     extra = {} if gguf_file is None else {"gguf_file": gguf_file}
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    if gguf_file is not None:
+        check_tokenizer(tokenizer, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(
         source,
         dtype=torch.float32 if dtype is None else dtype,
