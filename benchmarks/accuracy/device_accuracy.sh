@@ -18,6 +18,7 @@ fi
 sha256sum /tmp/models/*.gguf
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site $C/*.whl || exit 1
+PYTHONPATH=/tmp/site python3 -c "import transformers; print('transformers', transformers.__version__)"
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 DHSA_MODELS_DIR=/tmp/models
 export DHSA_HAYSTACK=$C/PaulGrahamEssays.json
 OUT=${OUT:-out}; mkdir -p "$OUT"

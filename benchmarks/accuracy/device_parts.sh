@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Here (not on the GPU machine): cut what the GPU accuracy runs need into folders .carry/p0..p5 of
+# Here (not on the GPU machine): cut what the GPU accuracy runs need into folders .carry/p0..p6 of
 # at most ~60 MB each, since one device call carries at most 64 MiB with the working tree. Both
 # fetched GGUF files are concatenated and split; the last folder also gets the haystack and the
 # wheels the device image lacks (gguf, wonderwords). Carry one folder per back-to-back call and
@@ -17,4 +17,9 @@ last=$(ls -d .carry/p* | sort | tail -1)
 cp "$HAYSTACK" "$last/"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp -d "$last" gguf==0.19.0 wonderwords==3.0.1
+# The device image's transformers (5.17) converts Gemma-3's GGUF tokenizer wrongly (it splits
+# common words into pieces and the model reads garbled text): carry 5.24, in a folder of its own.
+mkdir -p .carry/p6
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp -d .carry/p6 transformers==5.24.0
 du -sh .carry/p*
