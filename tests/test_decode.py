@@ -215,3 +215,26 @@ def test_attend_decode_equals_attention_over_the_session_layout():
     torch.testing.assert_close(out, dhsa.attend(q, k, v, layout, backend="reference"))
     with pytest.raises(ValueError, match="spans"):
         dhsa.kernels.attend_decode(q, k, v, starts[:1], ends[:1])
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_torch_decode_over_random_spans_matches_the_reference(softcap):
+    gen = torch.Generator().manual_seed(4)
+    batch, kv_heads, k_len, width = 2, 3, 97, 7
+    q = torch.randn(batch, 6, 1, 16, generator=gen)
+    k, v = (torch.randn(batch, kv_heads, k_len, 16, generator=gen) for _ in "kv")
+    cuts = torch.sort(torch.randint(0, k_len + 1, (batch, kv_heads, 2 * width), generator=gen))
+    starts, ends = cuts.values[..., 0::2], cuts.values[..., 1::2]
+    ends = torch.where(torch.rand(starts.shape, generator=gen) < 0.3, starts - 1, ends)
+    ends[0, 1] = starts[0, 1]  # a row with no key at all
+    shuffle = torch.argsort(torch.rand(starts.shape, generator=gen), dim=-1)
+    starts, ends = starts.gather(-1, shuffle), ends.gather(-1, shuffle)
+    kwargs = dict(scale=0.3, softcap=softcap)
+    out = dhsa.kernels.attend_decode(q, k, v, starts, ends, backend="torch", **kwargs)
+    ref = dhsa.kernels.attend_decode(q, k, v, starts, ends, backend="reference", **kwargs)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert bool((out[0, 2:4] == 0).all()) and bool((out[0, :2] != 0).any())  # group of KV head 1
+    # A cache with room beyond the keys in use is read in place.
+    roomy = [torch.cat([x, torch.randn_like(x)], dim=2)[:, :, :k_len] for x in (k, v)]
+    again = dhsa.kernels.attend_decode(q, *roomy, starts, ends, backend="torch", **kwargs)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)

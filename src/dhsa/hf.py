@@ -351,8 +351,7 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
             q, k, chosen, layer=layer, row=row, norm=INCREMENTAL_NORMS[method]
         )
         return attend_decode(
-            q, k, v, starts, ends, scale=scale, softcap=softcap, backend=binding.backend,
-            tile_elements=config.tile_elements,
+            q, k, v, starts, ends, scale=scale, softcap=softcap, backend=binding.backend
         )
     boundaries = None
     if q_len > 1:

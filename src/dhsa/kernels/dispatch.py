@@ -10,6 +10,7 @@ from torch import Tensor
 from ..layout import Layout
 from ..validation import check_qkv, check_scale, check_softcap
 from .reference import attend_reference
+from .torch_decode import attend_decode_torch
 from .torch_tiled import attend_torch
 
 BACKENDS = ("auto", "reference", "torch", "triton")
@@ -94,15 +95,15 @@ def attend_decode(
     scale: float | None = None,
     softcap: float | None = None,
     backend: str = "auto",
-    tile_elements: int = 1 << 20,
 ) -> Tensor:
     """Attention of one query per sequence over padded key spans: the sparse decode step.
 
     ``q [B, Hq, 1, D]`` is the query at key position ``Lk - 1`` of ``k, v [B, Hkv, Lk, D]``;
     ``starts, ends`` (integer ``[B, Hkv, S]``) are disjoint spans of keys up to the query, empty
     where ``end <= start`` (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them). The
-    Triton backend reads the spans as they are, with no device-to-host synchronization; the
-    others attend the same keys as a layout. Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
+    Triton backend reads the spans as they are, with no device-to-host synchronization; the torch
+    backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`); the reference attends them
+    as a layout. Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
     """
     check_qkv(q, k, v)
     batch, kv_heads, k_len = k.shape[0], k.shape[1], k.shape[2]
@@ -120,11 +121,11 @@ def attend_decode(
         return triton_decode.attend_triton_decode_spans(
             q, k, v, starts, ends, scale=scale, softcap=softcap
         )
+    if name == "torch":
+        return attend_decode_torch(q, k, v, starts, ends, scale=scale, softcap=softcap)
     width = starts.shape[-1]
     layout = Layout.from_padded(
         starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
         q_len=1, k_len=k_len, query_block=1,
     )
-    return attend(
-        q, k, v, layout, scale=scale, softcap=softcap, backend=name, tile_elements=tile_elements
-    )
+    return attend_reference(q, k, v, layout, scale=scale, softcap=softcap)

@@ -38,8 +38,8 @@ def _queries_of_rows(rows: Tensor, batch: int, q_heads: int, q_len: int, kv_head
     return out[:, :, :q_len]
 
 
-def _flat_rows(x: Tensor) -> tuple[Tensor, int]:
-    """``(rows, stride)`` with ``x[b, h, t] == rows[(b * H + h) * stride + t]`` for ``x [B, H, L, D]``.
+def flat_rows(x: Tensor) -> tuple[Tensor, int]:
+    """``(rows, stride)``: ``x[b, h, t] == rows[(b * H + h) * stride + t]`` for ``x [B, H, L, D]``.
 
     A cache cut to its first ``L`` positions (or a padded row cut to its last ones) is read in
     place: reshaping such a view would copy the whole cache on every decode step.
@@ -123,8 +123,8 @@ def attend_torch(
     q_rows = _rows_of_queries(q, kv_heads, bq)
     out_rows = torch.empty(q_rows.shape[0], group * bq, v.shape[-1], dtype=q.dtype, device=q.device)
     # One row per (batch, kv_head, position): keys are gathered by flat row index.
-    k_rows, k_stride = _flat_rows(k)
-    v_rows, v_stride = _flat_rows(v)
+    k_rows, k_stride = flat_rows(k)
+    v_rows, v_stride = flat_rows(v)
     lengths = (layout.ends - layout.starts).long()
     keys_per_row = torch.zeros(layout.num_rows, dtype=torch.int64, device=q.device)
     keys_per_row.index_add_(0, layout.row_ids(), lengths)
