@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dhsa.eval.results import ResultStore, mean_by
 from dhsa.eval.summary import niah_summary, ruler_summary
 
@@ -53,6 +55,22 @@ def test_niah_summary_groups(tmp_path):
     document = niah_summary(store)
     assert [r["score"] for r in document["cells"]] == [100.0, 0.0]
     assert document["overall"][0]["score"] == 50.0
+
+
+def test_niah_heatmaps_of_every_contender_get_plain_file_names(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dhsa.eval.summary import write_niah_outputs
+
+    store = ResultStore(tmp_path / "n.jsonl", KEY)
+    for method, budget in [("dense", None), ("dhsa", 1024), ("dhsa/per-layer", 1024),
+                           ("dhsa:learned", 2048)]:
+        store.add({"model": "m", "method": method, "budget": budget, "length": 2048,
+                   "depth": 0.5, "index": 0, "score": 1.0})
+    _, paths = write_niah_outputs(store, tmp_path / "n.jsonl")
+    names = sorted(p.name for p in paths)
+    assert names == ["n-dense.png", "n-dhsa-1024.png", "n-dhsa-learned-2048.png",
+                     "n-dhsa-per-layer-1024.png", "n.json"]
+    assert all(p.is_file() for p in paths)
 
 
 def test_grid_resumes_and_keeps_chunkers_apart(tmp_path, monkeypatch):

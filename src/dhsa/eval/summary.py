@@ -6,6 +6,7 @@ the mean of the per-task means, as RULER reports it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .results import ResultStore, mean_by, write_json
@@ -68,7 +69,7 @@ def write_niah_outputs(store: ResultStore, out: Path) -> tuple[dict, list[Path]]
         )
         paths.append(plot_heatmap(
             rows, x="length", y="depth", value="score", vmin=0, vmax=100,
-            path=out.with_name(f"{out.stem}-{name.replace('@', '-')}.png"),
+            path=out.with_name(f"{out.stem}-{re.sub(r'[^A-Za-z0-9_.]+', '-', name)}.png"),
             title=f"NIAH {rows[0]['model']} {name}: {overall:.1f}",
         ))
     return document, paths
