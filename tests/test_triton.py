@@ -199,12 +199,7 @@ def test_decode_spans_of_a_session_match_its_layout(rng):
 
 
 def spans_mask(starts, ends, k_len):
-    width = starts.shape[-1]
-    layout = Layout.from_padded(
-        starts.reshape(-1, width).cpu(), ends.reshape(-1, width).cpu(), batch=starts.shape[0],
-        kv_heads=starts.shape[1], q_len=1, k_len=k_len, query_block=1,
-    )
-    return layout.to_dense_mask()
+    return Layout.from_decode_spans(starts.cpu(), ends.cpu(), k_len).to_dense_mask()
 
 
 @pytest.mark.parametrize("norm, budget", [("sqrt", 96), ("mean", 96), ("sqrt", 4096)])

@@ -114,11 +114,7 @@ def sparse_runs(q, k, v, length, budget, args, scale) -> list[dict]:
     pos = length
     sparse_step(pos)
     starts, ends = selected.pop()
-    width = starts.shape[-1]
-    layout = dhsa.Layout.from_padded(
-        starts.reshape(-1, width), ends.reshape(-1, width), batch=1, kv_heads=k.shape[1],
-        q_len=1, k_len=pos + 1, query_block=1,
-    )
+    layout = dhsa.Layout.from_decode_spans(starts, ends, pos + 1)
     error = check_against_reference(
         q[:, :, pos : pos + 1], k[:, :, : pos + 1], v[:, :, : pos + 1], layout, scale
     )

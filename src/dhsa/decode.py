@@ -421,8 +421,4 @@ class DecodeSession:
         """The spans of :meth:`select_spans` as a layout (``q_len = 1``, one row per
         ``(batch, kv_head)``)."""
         starts, ends = self.select_spans(q, k, config, layer=layer, row=row, norm=norm)
-        batch, kv_heads, width = starts.shape
-        return Layout.from_padded(
-            starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
-            q_len=1, k_len=k.shape[2], query_block=1,
-        )
+        return Layout.from_decode_spans(starts, ends, k.shape[2])

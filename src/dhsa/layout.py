@@ -188,6 +188,16 @@ class Layout:
         }
 
     @classmethod
+    def from_decode_spans(cls, starts: Tensor, ends: Tensor, k_len: int) -> Layout:
+        """The layout of one query per ``(batch, kv_head)`` keeping the padded spans ``starts,
+        ends [B, Hkv, S]`` (empty where ``end <= start``), as a decode step selects them."""
+        batch, kv_heads, width = starts.shape
+        return cls.from_padded(
+            starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
+            q_len=1, k_len=k_len, query_block=1,
+        )
+
+    @classmethod
     def from_padded(
         cls,
         starts: Tensor,

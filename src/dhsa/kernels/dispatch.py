@@ -106,8 +106,7 @@ def attend_decode(
     as a layout. Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
     """
     check_qkv(q, k, v)
-    batch, kv_heads, k_len = k.shape[0], k.shape[1], k.shape[2]
-    if q.shape[2] != 1 or starts.shape != ends.shape or starts.shape[:2] != (batch, kv_heads):
+    if q.shape[2] != 1 or starts.shape != ends.shape or starts.shape[:2] != k.shape[:2]:
         raise ValueError(
             f"decode attention takes q [B, Hq, 1, D] and spans [B, Hkv, S]; got q "
             f"{tuple(q.shape)}, k {tuple(k.shape)}, starts {tuple(starts.shape)}, ends "
@@ -123,9 +122,5 @@ def attend_decode(
         )
     if name == "torch":
         return attend_decode_torch(q, k, v, starts, ends, scale=scale, softcap=softcap)
-    width = starts.shape[-1]
-    layout = Layout.from_padded(
-        starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
-        q_len=1, k_len=k_len, query_block=1,
-    )
+    layout = Layout.from_decode_spans(starts, ends, k.shape[2])
     return attend_reference(q, k, v, layout, scale=scale, softcap=softcap)

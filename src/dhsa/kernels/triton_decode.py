@@ -257,7 +257,7 @@ def attend_triton_decode(
         raise ValueError(f"the decode kernel takes a single-query layout, got q_len={layout.q_len}")
     batch, q_heads, _, dim = q.shape
     group = q_heads // k.shape[1]
-    block_n = 32 if dim > 128 else 64
+    block_n = _key_tile(dim)
     rows = layout.num_rows
     splits = splits or split_count(rows, -(-layout.k_len // block_n), q.device)
     row_stream, key_pos, key_bias = key_stream(layout)
@@ -288,6 +288,11 @@ def attend_triton_decode(
     )
     _merge(out, parts, splits, group, layout.kv_heads)
     return out
+
+
+def _key_tile(dim: int) -> int:
+    """Keys per tile of the decode kernels: fewer for wide heads, to stay within registers."""
+    return 32 if dim > 128 else 64
 
 
 def _partials(rows: int, splits: int, group: int, dim: int, device) -> tuple[Tensor, ...]:
@@ -364,7 +369,7 @@ def attend_triton_decode_spans(
         SPLITS=splits,
         GROUP=group,
         BLOCK_M=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=32 if dim > 128 else 64,
+        BLOCK_N=_key_tile(dim),
         HEAD_DIM=dim,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         HAS_SOFTCAP=softcap is not None,
