@@ -86,3 +86,23 @@ def test_report_summarizes_result_files_of_unfinished_runs(tmp_path):
     assert "| m | dense | 50.0 (1) | 50.0 |" in out.read_text()
     store_with(tmp_path / "empty.jsonl", ["model"], [run], [])
     assert main(["report", str(tmp_path / "empty.jsonl"), "--out", str(out)]) == 2
+
+
+def test_report_lists_recall_per_selective_layer_and_marks_the_best(tmp_path):
+    cells = [
+        {"model": "m", "method": method, "budget": 1024, "length": 4096, "layer": layer,
+         "recall": recall, "output_error": 0.1, "density": density}
+        for layer, density, recalls in ((0, 1.0, (1.0, 1.0)), (1, 0.25, (0.6, 0.7)),
+                                        (2, 0.25, (0.9, 0.8)))
+        for method, recall in zip(("dhsa", "block_sparse"), recalls)
+    ]
+    store = store_with(tmp_path / "f.jsonl", ["model", "method", "budget", "length", "layer"],
+                       [], cells)
+    out = tmp_path / "a.md"
+    path = write(tmp_path / "f.json", fidelity_summary(store))
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "| model | length | budget | layer | block_sparse | dhsa |" in page
+    assert "| m | 4096 | 1024 | 1 | **0.700** | 0.600 |" in page
+    assert "| m | 4096 | 1024 | 2 | 0.800 | **0.900** |" in page
+    assert "| m | 4096 | 1024 | 0 |" not in page, "a layer that keeps every key is left out"

@@ -3,6 +3,9 @@
 import json
 
 import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
 
 from dhsa.eval.results import ResultStore, mean_by
 from dhsa.eval.summary import niah_summary, ruler_summary
@@ -25,6 +28,9 @@ def test_store_resumes_and_ignores_a_torn_last_line(tmp_path):
     assert not again.done({**cell, "budget": 2048})
     assert len(again.cells) == 1 and again.runs[0]["command"] == "dhsa niah --model m"
     assert "date" in again.runs[0]
+    versions = again.runs[0]["versions"]
+    assert versions["torch"] == torch.__version__
+    assert versions["transformers"] == transformers.__version__, "the tokenizer conversion varies"
 
 
 def test_mean_by_sorts_numbers_numerically():

@@ -22,23 +22,32 @@ PYTHONPATH=/tmp/site python3 -c "import transformers; print('transformers', tran
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 DHSA_MODELS_DIR=/tmp/models
 export DHSA_HAYSTACK=$C/PaulGrahamEssays.json
 OUT=${OUT:-out}; mkdir -p "$OUT"
-common="--methods dense,dhsa,block_sparse,streaming --budgets 1024,2048 --device cuda --dtype bfloat16 --haystack $DHSA_HAYSTACK --no-progress"
 job() {  # name, then the command's arguments
   local name=$1; shift
-  timeout "$LIMIT" python3 -m dhsa.cli "$@" $common --out /tmp/acc/$name.jsonl > /tmp/acc/$name.log 2>&1 &
+  timeout "$LIMIT" python3 -m dhsa.cli "$@" --device cuda --dtype bfloat16 --haystack $DHSA_HAYSTACK \
+    --no-progress --out /tmp/acc/$name.jsonl > /tmp/acc/$name.log 2>&1 &
 }
-job ruler-gemma3-4k   ruler --model gemma3  --lengths 4k  --tasks all --samples 5
-job ruler-gemma3-8k   ruler --model gemma3  --lengths 8k  --tasks all --samples 5
-job ruler-gemma3-16k  ruler --model gemma3  --lengths 16k --tasks all --samples 3
-job ruler-gemma3-32k  ruler --model gemma3  --lengths 32k --tasks all --samples 3
-job ruler-smollm2-1k  ruler --model smollm2 --lengths 1k,2k --tasks all --samples 5
-job ruler-smollm2-4k  ruler --model smollm2 --lengths 4k  --tasks all --samples 5
-job ruler-smollm2-8k  ruler --model smollm2 --lengths 8k  --tasks all --samples 5
-job niah-gemma3-4k    niah  --model gemma3  --lengths 4k,8k   --depths 0.1,0.5,0.9 --samples 5
-job niah-gemma3-16k   niah  --model gemma3  --lengths 16k,32k --depths 0.1,0.5,0.9 --samples 3
-job niah-smollm2      niah  --model smollm2 --lengths 1k,2k,4k,8k --depths 0.1,0.5,0.9 --samples 5
+grid="--methods dense,dhsa,block_sparse,streaming --budgets 1024,2048"
+needles=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1
+keys=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
+rest=$keys,vt,cwe,fwe
+# The earlier H200 RULER records of smollm2 seed the 1K job, so it only adds the missing samples.
+[ -f /tmp/acc/ruler-smollm2-1k.jsonl ] || cp benchmarks/accuracy/ruler-smollm2-gpu.jsonl /tmp/acc/ruler-smollm2-1k.jsonl
+job ruler-smollm2-1k    ruler --model smollm2 --lengths 1k  --tasks all --samples 5 $grid
+job niah-smollm2-8k     niah  --model smollm2 --lengths 8k  --depths 0.1,0.5,0.9 --samples 5 $grid
+job niah-gemma3-4k      niah  --model gemma3  --lengths 4k,8k --depths 0.1,0.5,0.9 --samples 5 $grid
+job niah-gemma3-16k     niah  --model gemma3  --lengths 16k --depths 0.1,0.5,0.9 --samples 3 $grid
+job niah-gemma3-32k     niah  --model gemma3  --lengths 32k --depths 0.1,0.5,0.9 --samples 3 $grid
+job ruler-gemma3-8k     ruler --model gemma3  --lengths 8k  --tasks all --samples 5 $grid
+job ruler-gemma3-16k-a  ruler --model gemma3  --lengths 16k --tasks $needles --samples 3 $grid
+job ruler-gemma3-16k-b  ruler --model gemma3  --lengths 16k --tasks $rest --samples 3 $grid
+job ruler-gemma3-32k-a  ruler --model gemma3  --lengths 32k --tasks $needles --samples 3 $grid
+job ruler-gemma3-32k-b  ruler --model gemma3  --lengths 32k --tasks $keys --samples 3 $grid
+job ruler-gemma3-32k-c  ruler --model gemma3  --lengths 32k --tasks vt,cwe,fwe --samples 3 $grid
+job fidelity-gemma3     fidelity --model gemma3 --lengths 16k,32k --samples 1 \
+  --methods dhsa,block_sparse,streaming --budgets 1024,2048
 wait
-for kind in niah ruler; do
+for kind in niah ruler fidelity; do
   for model in gemma3 smollm2; do
     cat /tmp/acc/$kind-$model*.jsonl > "$OUT/$kind-$model-gpu.jsonl" 2>/dev/null
   done

@@ -18,8 +18,9 @@ cp "$HAYSTACK" "$last/"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp -d "$last" gguf==0.19.0 wonderwords==3.0.1
 # The device image's transformers (5.17) converts Gemma-3's GGUF tokenizer wrongly (it splits
-# common words into pieces and the model reads garbled text): carry 5.24, in a folder of its own.
+# common words into pieces and the model reads garbled text): carry 5.24, in a folder of its own,
+# with a regex new enough for it.
 mkdir -p .carry/p6
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-  --implementation cp -d .carry/p6 transformers==5.24.0
+  --implementation cp -d .carry/p6 transformers==5.24.0 regex==2026.11.19
 du -sh .carry/p*

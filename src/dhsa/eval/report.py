@@ -127,7 +127,31 @@ def fidelity_section(document: dict) -> str:
         "Mean over layers of the dense softmax mass each selection keeps (recall), the relative "
         "output error against dense attention, and the fraction of the causal keys kept:",
         format_table(rows, columns),
+        "Recall per layer, in the layers where the selection drops keys (density below 0.99; "
+        "a sliding-window layer keeps its whole window under every method):",
+        _selective_layers(document["layers"]),
     ])
+
+
+def _selective_layers(layers: list[dict]) -> str:
+    """One row per (model, length, budget, layer) whose density is below 0.99, one recall column
+    per method; the method with the highest recall is marked in bold."""
+    methods = sorted({r["method"] for r in layers})
+    table: dict[tuple, dict] = {}
+    for r in layers:
+        if r["density"] >= 0.99:
+            continue
+        key = (r["model"], r["length"], r["budget"], r["layer"])
+        table.setdefault(key, dict(zip(("model", "length", "budget", "layer"), key)))
+        table[key][r["method"]] = r["recall"]
+    rows = []
+    for key in sorted(table):
+        row = table[key]
+        best = max((row[m] for m in methods if m in row), default=None)
+        rows.append({k: (f"**{v:.3f}**" if v == best else f"{v:.3f}") if k in methods else v
+                     for k, v in row.items()})
+    columns = [(c, c) for c in ("model", "length", "budget", "layer")] + [(m, m) for m in methods]
+    return format_table(rows, columns) if rows else "(none)"
 
 
 SECTIONS = {"niah": niah_section, "ruler": ruler_section, "fidelity": fidelity_section}

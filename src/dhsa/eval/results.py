@@ -25,6 +25,19 @@ def describe_device(device: torch.device | str) -> str:
     return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape results (tokenizer conversion, kernels)."""
+    from importlib import metadata
+
+    versions = {"torch": torch.__version__}
+    for name in ("transformers", "triton"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -72,8 +85,9 @@ class ResultStore:
             os.fsync(f.fileno())
 
     def start_run(self, **fields) -> dict:
-        """Record an invocation (command, device, model, ...) with the current date."""
-        record = {"type": "run", "date": now(), **fields}
+        """Record an invocation (command, device, model, ...) with the current date and the
+        library versions."""
+        record = {"type": "run", "date": now(), "versions": library_versions(), **fields}
         self._append(record)
         self.runs.append(record)
         return record
