@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dhsa import Layout
-from dhsa.layout import merge_padded
+from dhsa.layout import merge_padded, merge_padded_rows
 
 
 def test_merge_padded_sorts_merges_and_drops_empty():
@@ -13,6 +13,28 @@ def test_merge_padded_sorts_merges_and_drops_empty():
     assert s.tolist() == [0, 30, 7]
     assert e.tolist() == [20, 35, 9]
     assert bias is None
+
+
+def test_merge_padded_rows_matches_a_union_of_key_sets(rng):
+    """Each row's merged spans cover exactly the union of its candidates' keys, sorted, disjoint
+    and not touching, then padding: the same result however the candidates are ordered."""
+    k_len, rows, width = 60, 40, 7
+    starts = torch.randint(-5, k_len + 5, (rows, width), generator=rng)
+    ends = starts + torch.randint(-3, 12, (rows, width), generator=rng)
+    got_s, got_e = merge_padded_rows(starts, ends, k_len)
+    assert got_s.shape == (rows, width)
+    for r in range(rows):
+        keys = {t for s, e in zip(starts[r].tolist(), ends[r].tolist())
+                for t in range(max(s, 0), min(e, k_len))}
+        spans = [(s, e) for s, e in zip(got_s[r].tolist(), got_e[r].tolist()) if e > s]
+        n = len(spans)
+        assert got_s[r, n:].eq(k_len + 1).all() and got_e[r, n:].eq(k_len + 1).all()
+        assert {t for s, e in spans for t in range(s, e)} == keys
+        assert all(e0 < s1 for (_, e0), (s1, _) in zip(spans, spans[1:])), "merged runs apart"
+    counts, s, e, _ = merge_padded(starts, ends, k_len)
+    keep = got_e > got_s
+    assert torch.equal(counts, keep.sum(1))
+    assert torch.equal(s, got_s[keep]) and torch.equal(e, got_e[keep])
 
 
 def test_merge_padded_keeps_biased_spans_separate():

@@ -213,20 +213,36 @@ class Layout:
     ) -> Layout:
         """Build a layout from padded candidate spans ``[rows, M]`` (see :func:`merge_padded`)."""
         counts, new_starts, new_ends, span_bias = merge_padded(starts, ends, k_len, bias)
-        rows = torch.repeat_interleave(
-            torch.arange(starts.shape[0], device=starts.device), counts, output_size=len(new_starts)
+        return cls.from_counts(
+            counts, new_starts, new_ends, batch=batch, kv_heads=kv_heads, q_len=q_len,
+            k_len=k_len, query_block=query_block, sliding_window=sliding_window, bias=span_bias,
         )
-        return cls.from_row_spans(
-            rows,
-            new_starts,
-            new_ends,
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=query_block,
-            sliding_window=sliding_window,
-            bias=span_bias,
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Tensor,
+        starts: Tensor,
+        ends: Tensor,
+        *,
+        batch: int,
+        kv_heads: int,
+        q_len: int,
+        k_len: int,
+        query_block: int,
+        sliding_window: int | None = None,
+        bias: Tensor | None = None,
+    ) -> Layout:
+        """Build a layout from spans already in row-major order, ``counts [rows]`` per row."""
+        num_rows = batch * kv_heads * (-(-q_len // query_block))
+        if counts.numel() != num_rows:
+            raise ValueError(f"counts has {counts.numel()} rows, the geometry {num_rows}")
+        offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=starts.device)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        return cls(
+            offsets=offsets, starts=starts.to(torch.int32), ends=ends.to(torch.int32), batch=batch,
+            kv_heads=kv_heads, q_len=q_len, k_len=k_len, query_block=query_block,
+            sliding_window=sliding_window, span_bias=None if bias is None else bias.float(),
         )
 
     @classmethod
@@ -301,16 +317,15 @@ class Layout:
         )
 
 
-def merge_padded(
-    starts: Tensor, ends: Tensor, k_len: int, bias: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Compact padded candidate spans ``[rows, M]`` (empty where ``end <= start``).
+def merge_padded_rows(starts: Tensor, ends: Tensor, k_len: int) -> tuple[Tensor, Tensor]:
+    """Merge the padded candidate spans ``[rows, M]`` of each row in place of a compaction.
 
-    Spans are clipped to ``[0, k_len)`` and sorted; overlapping or touching spans of a row are
-    merged. With ``bias`` (float ``[rows, M]``) spans are kept as given (no merging): they must not
-    overlap. Returns ``(counts [rows], starts [n], ends [n], bias [n] or None)`` in row-major order.
+    Spans (empty where ``end <= start``) are clipped to ``[0, k_len)``, sorted, and overlapping or
+    touching ones merged. Returns int64 ``(starts, ends) [rows, M]``: each row's merged spans
+    first, in order, then padding ``(k_len + 1, k_len + 1)``. Shapes never depend on the data, so
+    nothing waits for the device.
     """
-    rows = starts.shape[0]
+    rows, width = starts.shape
     device = starts.device
     starts = starts.long().clamp(0, k_len)
     ends = ends.long().clamp(0, k_len)
@@ -319,9 +334,6 @@ def merge_padded(
     s_sorted, order = torch.sort(torch.where(valid, starts, sentinel), dim=1, stable=True)
     e_sorted = torch.where(valid, ends, sentinel).gather(1, order)
     valid_sorted = s_sorted < sentinel
-    if bias is not None:
-        span_bias = bias.float().gather(1, order)[valid_sorted]
-        return valid_sorted.sum(dim=1), s_sorted[valid_sorted], e_sorted[valid_sorted], span_bias
     run_end = e_sorted.cummax(dim=1).values
     before = torch.full((rows, 1), -1, dtype=torch.int64, device=device)
     prev_end = torch.cat([before, run_end[:, :-1]], dim=1)
@@ -329,4 +341,35 @@ def merge_padded(
     closes = torch.ones((rows, 1), dtype=torch.bool, device=device)
     next_first = torch.cat([first[:, 1:] | ~valid_sorted[:, 1:], closes], dim=1)
     last = valid_sorted & next_first
-    return first.sum(dim=1), s_sorted[first], run_end[last], None
+    # The k-th first span of a merged run pairs with the k-th last: scatter both to slot k; the
+    # spans that are neither go to a spare column, dropped afterwards.
+    out_starts = torch.full((rows, width + 1), sentinel, dtype=torch.int64, device=device)
+    out_ends = torch.full_like(out_starts, sentinel)
+    out_starts.scatter_(1, torch.where(first, first.cumsum(1) - 1, width), s_sorted)
+    out_ends.scatter_(1, torch.where(last, last.cumsum(1) - 1, width), run_end)
+    return out_starts[:, :width], out_ends[:, :width]
+
+
+def merge_padded(
+    starts: Tensor, ends: Tensor, k_len: int, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Compact padded candidate spans ``[rows, M]`` (empty where ``end <= start``).
+
+    Spans are clipped to ``[0, k_len)`` and sorted; overlapping or touching spans of a row are
+    merged (:func:`merge_padded_rows`). With ``bias`` (float ``[rows, M]``) spans are kept as given
+    (no merging): they must not overlap. Returns ``(counts [rows], starts [n], ends [n], bias [n]
+    or None)`` in row-major order.
+    """
+    if bias is None:
+        merged_starts, merged_ends = merge_padded_rows(starts, ends, k_len)
+        keep = merged_ends > merged_starts
+        return keep.sum(dim=1), merged_starts[keep], merged_ends[keep], None
+    starts = starts.long().clamp(0, k_len)
+    ends = ends.long().clamp(0, k_len)
+    valid = ends > starts
+    sentinel = k_len + 1
+    s_sorted, order = torch.sort(torch.where(valid, starts, sentinel), dim=1, stable=True)
+    e_sorted = torch.where(valid, ends, sentinel).gather(1, order)
+    valid_sorted = s_sorted < sentinel
+    span_bias = bias.float().gather(1, order)[valid_sorted]
+    return valid_sorted.sum(dim=1), s_sorted[valid_sorted], e_sorted[valid_sorted], span_bias

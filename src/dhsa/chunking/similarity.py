@@ -48,11 +48,13 @@ def pick_peaks(
     """
     device = scores.device
     t = torch.arange(length - 1, device=device)
-    eligible = (t + 1 >= min_chunk) & (t + 1 <= length - min_chunk)
-    if not bool(eligible.any()):
+    # Eligible cuts t + 1 lie in [min_chunk, length - min_chunk]: a slice, known on the host.
+    first, last = max(min_chunk, 1) - 1, length - min_chunk - 1
+    if last < first:
         return torch.zeros(0, dtype=torch.int64, device=device)
+    eligible = (t >= first) & (t <= last)
     if threshold is None:
-        values = scores[eligible]
+        values = scores[first : last + 1]
         threshold = values.mean() + z * values.std(unbiased=False)
     masked = torch.where(eligible, scores, torch.full_like(scores, -torch.inf))
     radius = min_chunk - 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..layout import Layout, merge_padded
+from ..layout import Layout, merge_padded_rows
 from .regions import BlockRegions
 
 
@@ -40,70 +40,89 @@ def greedy_layout(
     """Layout keeping sink + window + the best-scoring chunks within ``budget`` keys per block.
 
     ``q_rep [B, Hkv, NQB, D]`` and ``k_rep [B, Hkv, N, D]`` (float32) are scored by dot product;
-    ``bounds [B, N + 1]`` gives each chunk's keys. Raises :class:`NonFiniteInputError` when a score
-    is NaN or Inf (some query or key was).
+    ``bounds [B, N + 1]`` gives each chunk's keys. Raises :class:`NonFiniteInputError` when a
+    representation is NaN or Inf (some query or key was) or a score overflows.
+
+    Every tile of query blocks writes its merged spans into one padded ``[B, Hkv, NQB, width]``
+    buffer, so the tiles queue on the device without waiting for each other; the host waits once,
+    at the end, to compact the buffer and read the checks.
     """
-    batch, kv_heads, num_blocks, _ = q_rep.shape
     num_chunks = k_rep.shape[2]
-    chunk_lo = bounds[:, None, :-1]
-    chunk_hi = bounds[:, None, 1:]
-    fixed_starts, fixed_ends = regions.fixed_spans()
     remaining = torch.clamp(budget - regions.fixed_cost, min=0)
     most = int(remaining.max())
     top = min(num_chunks, max_chunks_taken(bounds, most))
     likely = min(top, likely_chunks_taken(bounds, most))
+    finite = torch.isfinite(q_rep).all() & torch.isfinite(k_rep).all()
+    # The fill nearly always ends within the `likely` best chunks; only when some block needs
+    # more (its best `likely` chunks are all short) is the fill redone with the sure bound.
+    starts, ends, overflow, short = _fill(q_rep, k_rep, bounds, regions, remaining, likely, k_len,
+                                          tile_elements)
+    is_finite, too_short = torch.stack([finite & ~overflow, short]).tolist()
+    if not is_finite:
+        raise NonFiniteInputError(
+            "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
+        )
+    if too_short and likely < top:
+        starts, ends, _, _ = _fill(q_rep, k_rep, bounds, regions, remaining, top, k_len,
+                                   tile_elements)
+    keep = ends > starts
+    batch, kv_heads = q_rep.shape[:2]
+    return Layout.from_counts(
+        keep.sum(-1).reshape(-1), starts[keep], ends[keep], batch=batch, kv_heads=kv_heads,
+        q_len=q_len, k_len=k_len, query_block=query_block, sliding_window=sliding_window,
+    )
+
+
+def _fill(
+    q_rep: Tensor,
+    k_rep: Tensor,
+    bounds: Tensor,
+    regions: BlockRegions,
+    remaining: Tensor,
+    ranked: int,
+    k_len: int,
+    tile_elements: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fill over each block's best ``ranked`` chunks: padded merged spans
+    ``[B, Hkv, NQB, ranked + 2]`` (int32 starts and ends, empty slots last), whether a ranked
+    score was NaN or +Inf, and whether some block ran out of ranked chunks before its budget."""
+    batch, kv_heads, num_blocks, _ = q_rep.shape
+    num_chunks = k_rep.shape[2]
+    device = q_rep.device
+    chunk_lo = bounds[:, None, :-1]
+    chunk_hi = bounds[:, None, 1:]
+    fixed_starts, fixed_ends = regions.fixed_spans()
+    width = ranked + 2
+    out_starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32, device=device)
+    out_ends = torch.empty_like(out_starts)
+    overflow = torch.zeros((), dtype=torch.bool, device=device)
+    short = torch.zeros((), dtype=torch.bool, device=device)
     tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
-    finite = torch.ones((), dtype=torch.bool, device=q_rep.device)
-    rows, starts, ends = [], [], []
     for q0 in range(0, num_blocks, tile):
         q1 = min(q0 + tile, num_blocks)
         scores = q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
-        finite &= torch.isfinite(scores).all()
         lo = torch.maximum(chunk_lo, regions.candidate_start[q0:q1, None])
         hi = torch.minimum(chunk_hi, regions.candidate_end[q0:q1, None])
         cost = torch.clamp(hi - lo, min=0)[:, None].expand(-1, kv_heads, -1, -1)
         scores = torch.where(cost > 0, scores, torch.full_like(scores, -torch.inf))
         tile_remaining = remaining[None, None, q0:q1, None]
-        # The fill nearly always ends within the `likely` best chunks; only when some block of
-        # the tile needs more (its best `likely` chunks are all short) is the sure bound used.
-        best, order = torch.topk(scores, likely, dim=-1, sorted=True)
+        best, order = torch.topk(scores, ranked, dim=-1, sorted=True)
+        overflow |= (torch.isnan(best) | (best == torch.inf)).any()
         cost_sorted = cost.gather(-1, order)
-        if likely < top and bool(
-            ((cost_sorted.sum(-1, keepdim=True) < tile_remaining) & (best[..., -1:] > -torch.inf))
-            .any()
-        ):
-            order = torch.topk(scores, top, dim=-1, sorted=True).indices
-            cost_sorted = cost.gather(-1, order)
+        short |= ((cost_sorted.sum(-1, keepdim=True) < tile_remaining)
+                  & (best[..., -1:] > -torch.inf)).any()
         before = cost_sorted.cumsum(-1) - cost_sorted
         take = torch.minimum(torch.clamp(tile_remaining - before, min=0), cost_sorted)
         span_end = hi[:, None].expand(-1, kv_heads, -1, -1).gather(-1, order)
         shape = (batch, kv_heads, q1 - q0, 2)
         tile_starts = torch.cat([fixed_starts[q0:q1].expand(shape), span_end - take], dim=-1)
         tile_ends = torch.cat([fixed_ends[q0:q1].expand(shape), span_end], dim=-1)
-        width = tile_starts.shape[-1]
-        counts, s, e, _ = merge_padded(
+        merged_starts, merged_ends = merge_padded_rows(
             tile_starts.reshape(-1, width), tile_ends.reshape(-1, width), k_len
         )
-        bh = torch.arange(batch * kv_heads, device=q_rep.device)[:, None]
-        global_rows = (bh * num_blocks + torch.arange(q0, q1, device=q_rep.device)).reshape(-1)
-        rows.append(torch.repeat_interleave(global_rows, counts, output_size=len(s)))
-        starts.append(s)
-        ends.append(e)
-    if not bool(finite):
-        raise NonFiniteInputError(
-            "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
-        )
-    return Layout.from_row_spans(
-        torch.cat(rows),
-        torch.cat(starts),
-        torch.cat(ends),
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=query_block,
-        sliding_window=sliding_window,
-    )
+        out_starts[:, :, q0:q1] = merged_starts.view(batch, kv_heads, q1 - q0, width)
+        out_ends[:, :, q0:q1] = merged_ends.view(batch, kv_heads, q1 - q0, width)
+    return out_starts, out_ends, overflow, short
 
 
 def max_chunks_taken(bounds: Tensor, remaining: int) -> int:
