@@ -220,6 +220,61 @@ def test_decode_fill_kernel_matches_the_torch_fill(rng, norm, budget):
         assert int((got[1] - got[0]).clamp(min=0).sum(-1).min()) == min(budget, now)
 
 
+def greedy_both_ways(q, k, config, *, norm="sqrt", window=None, tile_elements=1 << 24, scale=1.0,
+                     ways=(False, True)):
+    """The prefill fill of ``dhsa`` chunks by the torch tensor steps and by the Triton kernel."""
+    from dhsa.chunking import compute_boundaries, fixed_boundaries
+    from dhsa.methods.greedy import greedy_layout
+    from dhsa.methods.regions import block_regions
+    from dhsa.methods.scoring import chunk_representations, query_block_representations
+
+    q_len, k_len = q.shape[2], k.shape[2]
+    if norm == "sqrt":
+        bounds = compute_boundaries(k, config)
+    else:
+        bounds = fixed_boundaries(k.shape[0], k_len, config.chunk_size, k.device)
+    regions = block_regions(q_len, k_len, config.query_block, config.sink, config.local, window,
+                            k.device)
+    q_rep = query_block_representations(q, k.shape[1], config.query_block, norm) * scale
+    k_rep = chunk_representations(k, bounds, norm) * scale
+    return [
+        greedy_layout(q_rep, k_rep, bounds, regions, budget=config.budget, q_len=q_len,
+                      k_len=k_len, query_block=config.query_block, sliding_window=window,
+                      tile_elements=tile_elements, use_triton=use_triton)
+        for use_triton in ways
+    ]
+
+
+@pytest.mark.parametrize("norm, budget, window, q_len, tile", [
+    ("sqrt", 64, None, 333, 1 << 24),
+    ("sqrt", 160, None, 333, 700),  # several tiles of query blocks
+    ("mean", 96, None, 150, 1 << 24),  # queries after a cached prefix
+    ("sqrt", 96, 120, 333, 1 << 24),  # sliding window
+    ("sqrt", 4096, None, 333, 1 << 24),  # the budget covers every key
+])
+def test_prefill_fill_kernel_keeps_the_keys_of_the_torch_fill(rng, norm, budget, window, q_len,
+                                                              tile):
+    config = dhsa.DHSAConfig(**dict(SMALL, budget=budget, chunk_size=16))
+    q = torch.randn(2, 6, q_len, 32, generator=rng).to(DEVICE)
+    k = torch.randn(2, 2, 333, 32, generator=rng).to(DEVICE)
+    want, got = greedy_both_ways(q, k, config, norm=norm, window=window, tile_elements=tile)
+    got.validate()
+    assert got.starts.dtype == torch.int32 and got.num_rows == want.num_rows
+    assert torch.equal(got.key_membership(), want.key_membership())
+    kept = got.num_selected()
+    assert int(kept.max()) <= budget, "no block keeps more than its budget"
+
+
+def test_prefill_fill_kernel_refuses_overflowing_scores(rng):
+    config = dhsa.DHSAConfig(**SMALL)
+    q = torch.randn(1, 2, 200, 32, generator=rng).to(DEVICE)
+    k = torch.randn(1, 1, 200, 32, generator=rng).to(DEVICE)
+    from dhsa.methods.greedy import NonFiniteInputError
+
+    with pytest.raises(NonFiniteInputError, match="not finite"):
+        greedy_both_ways(q, k, config, scale=1e30, ways=(True,))
+
+
 def test_decode_is_chosen_for_single_query_layouts(rng):
     q, k, v = to_device(*make_qkv(2, 2, 2, 1, 130, 64, rng), dtype=torch.float32)
     layout = dhsa.select(q, k, dhsa.DHSAConfig(**SMALL))

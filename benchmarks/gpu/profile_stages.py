@@ -2,7 +2,8 @@
 
 Usage (GPU machine, repository root): python3 benchmarks/gpu/profile_stages.py [LENGTH]
 Times each stage of ``dhsa.select`` (boundaries, representations, the greedy fill, the kernel's
-key stream) on its own with ``do_bench``, then prints the top CUDA kernels and the host time of the
+key stream) on its own with ``do_bench`` (the fill both as chosen on CUDA, by the Triton kernel,
+and by the torch tensor steps), then prints the top CUDA kernels and the host time of the
 greedy fill, whose many small steps may leave the GPU idle.
 """
 
@@ -34,9 +35,10 @@ q_rep = query_block_representations(q, 8, config.query_block, "sqrt")
 k_rep = chunk_representations(k, bounds, "sqrt")
 
 
-def fill():
+def fill(use_triton=None):
     return greedy_layout(q_rep, k_rep, bounds, regions, budget=config.budget, q_len=length,
-                         k_len=length, query_block=config.query_block, sliding_window=None)
+                         k_len=length, query_block=config.query_block, sliding_window=None,
+                         use_triton=use_triton)
 
 
 layout = fill()
@@ -46,6 +48,7 @@ stages = {
     "query reps": lambda: query_block_representations(q, 8, config.query_block, "sqrt"),
     "chunk reps": lambda: chunk_representations(k, bounds, "sqrt"),
     "greedy fill": fill,
+    "torch fill": lambda: fill(use_triton=False),
     "key stream": lambda: key_stream(layout),
 }
 print(f"L={length}, budget 2048, {bounds.shape[-1] - 1} chunks, nnz {layout.nnz}")

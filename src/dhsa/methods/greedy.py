@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernels.dispatch import triton_available
 from ..layout import Layout, merge_padded_rows
 from .regions import BlockRegions
 
@@ -36,6 +37,7 @@ def greedy_layout(
     query_block: int,
     sliding_window: int | None,
     tile_elements: int = 1 << 24,
+    use_triton: bool | None = None,
 ) -> Layout:
     """Layout keeping sink + window + the best-scoring chunks within ``budget`` keys per block.
 
@@ -45,7 +47,10 @@ def greedy_layout(
 
     Every tile of query blocks writes its merged spans into one padded ``[B, Hkv, NQB, width]``
     buffer, so the tiles queue on the device without waiting for each other; the host waits once,
-    at the end, to compact the buffer and read the checks.
+    at the end, to compact the buffer and read the checks. ``use_triton`` (default: on CUDA when
+    Triton is there and a row's chunks fit its registers) fills each tile with one launch of
+    :mod:`dhsa.kernels.triton_select` instead of the tensor operations of :func:`_fill`; spans
+    that touch stay separate there, so the two layouts keep the same keys in different spans.
     """
     num_chunks = k_rep.shape[2]
     remaining = torch.clamp(budget - regions.fixed_cost, min=0)
@@ -53,11 +58,21 @@ def greedy_layout(
     top = min(num_chunks, max_chunks_taken(bounds, most))
     likely = min(top, likely_chunks_taken(bounds, most))
     finite = torch.isfinite(q_rep).all() & torch.isfinite(k_rep).all()
-    # The fill nearly always ends within the `likely` best chunks; only when some block needs
-    # more (its best `likely` chunks are all short) is the fill redone with the sure bound.
-    starts, ends, overflow, short = _fill(q_rep, k_rep, bounds, regions, remaining, likely, k_len,
+    if use_triton is None:
+        use_triton = triton_available(q_rep.device) and num_chunks <= _resident_chunks()
+    if use_triton:
+        starts, ends, flag = _fill_triton(q_rep, k_rep, bounds, regions, remaining, top,
                                           tile_elements)
-    is_finite, too_short = torch.stack([finite & ~overflow, short]).tolist()
+        is_finite, too_short = torch.stack([finite & (flag == 0), flag >= 2]).tolist()
+        if too_short:
+            raise RuntimeError("the Triton fill took more chunks than its width holds")
+        likely = top
+    else:
+        # The fill nearly always ends within the `likely` best chunks; only when some block
+        # needs more (its best `likely` chunks are all short) is it redone with the sure bound.
+        starts, ends, overflow, short = _fill(q_rep, k_rep, bounds, regions, remaining, likely,
+                                              k_len, tile_elements)
+        is_finite, too_short = torch.stack([finite & ~overflow, short]).tolist()
     if not is_finite:
         raise NonFiniteInputError(
             "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
@@ -71,6 +86,40 @@ def greedy_layout(
         keep.sum(-1).reshape(-1), starts[keep], ends[keep], batch=batch, kv_heads=kv_heads,
         q_len=q_len, k_len=k_len, query_block=query_block, sliding_window=sliding_window,
     )
+
+
+def _resident_chunks() -> int:
+    from ..kernels.triton_select import MAX_RESIDENT_CHUNKS
+
+    return MAX_RESIDENT_CHUNKS
+
+
+def _fill_triton(
+    q_rep: Tensor,
+    k_rep: Tensor,
+    bounds: Tensor,
+    regions: BlockRegions,
+    remaining: Tensor,
+    ranked: int,
+    tile_elements: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_fill` with one Triton launch per tile (scores by one matrix product): padded spans
+    ``[B, Hkv, NQB, ranked + 2]`` and the kernel's flag (1: a non-finite score)."""
+    from ..kernels.triton_select import prefill_fill_tile
+
+    batch, kv_heads, num_blocks, _ = q_rep.shape
+    num_chunks = k_rep.shape[2]
+    device = q_rep.device
+    width = ranked + 2
+    out_starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32, device=device)
+    out_ends = torch.empty_like(out_starts)
+    flag = torch.zeros(1, dtype=torch.int32, device=device)
+    tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
+    for q0 in range(0, num_blocks, tile):
+        q1 = min(q0 + tile, num_blocks)
+        scores = q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
+        prefill_fill_tile(scores, bounds, regions, remaining, q0, out_starts, out_ends, flag)
+    return out_starts, out_ends, flag[0]
 
 
 def _fill(
