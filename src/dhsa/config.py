@@ -66,6 +66,12 @@ class DHSAConfig:
 
     ``predictor_threshold``: the learned chunker cuts where the predictor's logit exceeds it.
 
+    ``triton_fill``: on CUDA, run the prefill's budgeted greedy fill (``dhsa``, ``block_sparse``)
+    as one Triton launch per tile of query blocks instead of tensor operations (same keys kept).
+    Off by default: it shortens the selection at 32K-128K keys (``benchmarks/gpu/README.md``),
+    but each new size class compiles the kernel on first use, and its whole-model effect is not
+    measured yet.
+
     Peer methods:
       - ``dash``: key blocks of ``dash_block`` tokens; block scores are multiplied by
         ``dash_sparsity`` before the 1.5-entmax (larger: fewer blocks kept); ``dash_prior`` adds
@@ -96,6 +102,7 @@ class DHSAConfig:
     dash_prior: bool = False
     hip_block: int = 32
     vs_slash_share: float = 0.5
+    triton_fill: bool = False
 
     def __post_init__(self) -> None:
         _require_int("budget", self.budget, 1)
@@ -117,7 +124,7 @@ class DHSAConfig:
         _require_float_in("dash_sparsity", self.dash_sparsity, 0.0, float("inf"), low_open=True)
         _require_int("hip_block", self.hip_block, 1, 4096)
         _require_float_in("vs_slash_share", self.vs_slash_share, 0.0, 1.0, low_open=False)
-        for flag in ("share_boundaries", "dash_prior"):
+        for flag in ("share_boundaries", "dash_prior", "triton_fill"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"DHSAConfig.{flag} must be a bool")
         if self.chunker not in CHUNKERS:

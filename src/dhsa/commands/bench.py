@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--inputs", help="recorded q/k/v (.pt with keys q, k, v) instead of random")
     p.add_argument("--chunker", choices=["similarity", "fixed", "learned"])
     p.add_argument("--predictor", help="boundary predictor file for --chunker learned")
+    p.add_argument("--triton-fill", action="store_true",
+                   help="prefill greedy fill by its Triton kernel (DHSAConfig.triton_fill)")
     p.add_argument("--out", default="bench-results/bench.json", help="JSON output path")
     p.add_argument("--plot", help="PNG plot path (default: next to --out)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -149,6 +151,8 @@ def run(args) -> int:
     config = DHSAConfig()
     if args.chunker:
         config = config.replace(chunker=args.chunker, predictor=args.predictor)
+    if args.triton_fill:
+        config = config.replace(triton_fill=True)
     if args.decode:
         return run_decode(args, preset, config)
     if args.model:

@@ -34,7 +34,10 @@ from .triton_decode_fill import _order_key
 MAX_RESIDENT_CHUNKS = 16384
 
 
-@triton.jit
+# Integer arguments are not specialized (Triton would compile one variant per divisibility of each
+# value, so every new tile offset or chunk count of a prompt would compile again).
+@triton.jit(do_not_specialize=["kv_heads", "q0", "tile_blocks", "num_blocks", "num_chunks",
+                               "bounds_stride", "width"])
 def _prefill_fill_kernel(
     scores,
     bounds,
@@ -146,6 +149,7 @@ def prefill_fill_tile(
             f"{num_chunks} chunks per row exceed the register-resident fill's "
             f"{MAX_RESIDENT_CHUNKS}: use the torch fill"
         )
+    # One compiled variant per power of two of the chunk count (the register width).
     block_n = max(16, triton.next_power_of_2(num_chunks))
     bounds = bounds.contiguous()
     _prefill_fill_kernel[(batch * kv_heads * tile_blocks,)](

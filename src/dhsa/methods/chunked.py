@@ -39,6 +39,7 @@ def chunk_select(
         k_len=k_len,
         query_block=config.query_block,
         sliding_window=sliding_window,
+        use_triton=None if config.triton_fill else False,
     )
 
 

@@ -47,8 +47,9 @@ def greedy_layout(
 
     Every tile of query blocks writes its merged spans into one padded ``[B, Hkv, NQB, width]``
     buffer, so the tiles queue on the device without waiting for each other; the host waits once,
-    at the end, to compact the buffer and read the checks. ``use_triton`` (default: on CUDA when
-    Triton is there and a row's chunks fit its registers) fills each tile with one launch of
+    at the end, to compact the buffer and read the checks. ``use_triton`` (None: on CUDA when
+    Triton is there and a row's chunks fit its registers; :class:`dhsa.DHSAConfig` passes False
+    unless ``triton_fill``) fills each tile with one launch of
     :mod:`dhsa.kernels.triton_select` instead of the tensor operations of :func:`_fill`; spans
     that touch stay separate there, so the two layouts keep the same keys in different spans.
     """
