@@ -142,6 +142,9 @@ def test_eval_options_take_the_learned_chunker(tmp_path):
     assert method_label("dhsa", "learned", True) == "dhsa:learned"
     assert method_label("dhsa", "fixed", False) == "dhsa:fixed/per-layer"
     assert method_label("block_sparse", "learned", False) == "block_sparse"
+    assert method_label("dhsa", "similarity", True, False) == "dhsa/dense-decode"
+    assert method_label("block_sparse", "similarity", True, False) == "block_sparse/dense-decode"
+    assert method_label("dense", "similarity", True, False) == "dense"
 
 
 def test_probe_chunks_with_the_learned_predictor(tmp_path):

@@ -101,3 +101,6 @@ def test_grid_resumes_and_keeps_chunkers_apart(tmp_path, monkeypatch):
     assert sorted(c["method"] for c in store.cells) == [
         "dense", "dense", "dhsa", "dhsa", "dhsa:fixed", "dhsa:fixed"
     ]
+    assert runner.run_grid(store, None, None, base_config=DHSAConfig(sparse_decode=False),
+                           **grid) == 2, "dense decode is a contender of its own, dense is not"
+    assert [c["method"] for c in store.cells].count("dhsa/dense-decode") == 2

@@ -116,6 +116,29 @@ def test_set_attn_implementation_and_layer_overrides():
     assert (sparse_steps - ref_steps).abs().max() > 1e-3
 
 
+def test_dense_decode_attends_every_key_after_a_sparse_prefill():
+    """With ``sparse_decode=False`` a decode step over a sparse prefill's cache equals the
+    reference attention's step over the same cache; the selecting step differs from it."""
+    model, reference = tiny_model("llama")
+    ids, token = prompt(75), prompt(1, seed=5)
+
+    def next_logits(step_config):
+        dhsa.configure(model, SMALL)
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True)
+            if step_config is None:
+                model.set_attn_implementation(reference)
+            else:
+                dhsa.configure(model, step_config)
+            return model(token, past_key_values=cache, use_cache=True).logits
+
+    want = next_logits(None)
+    torch.testing.assert_close(next_logits(SMALL.replace(sparse_decode=False)), want,
+                               rtol=1e-5, atol=1e-5)
+    assert (next_logits(SMALL) - want).abs().max() > 1e-3
+
+
 def test_short_prompts_run_dense():
     model, _ = tiny_model("llama")
     ids = prompt(61)

@@ -66,6 +66,10 @@ class DHSAConfig:
 
     ``predictor_threshold``: the learned chunker cuts where the predictor's logit exceeds it.
 
+    ``sparse_decode``: decode steps (one new query token) select too (METHOD.md section 2). False
+    keeps prefill sparse and lets each decode step attend every visible key, as the method's
+    original release does; ``benchmarks/accuracy/README.md`` measures what each costs in answers.
+
     ``triton_fill``: on CUDA, run the prefill's budgeted greedy fill (``dhsa``, ``block_sparse``)
     as one Triton launch per tile of query blocks instead of tensor operations (same keys kept).
     Off by default: it shortens the selection at 32K-128K keys (``benchmarks/gpu/README.md``),
@@ -102,6 +106,7 @@ class DHSAConfig:
     dash_prior: bool = False
     hip_block: int = 32
     vs_slash_share: float = 0.5
+    sparse_decode: bool = True
     triton_fill: bool = False
 
     def __post_init__(self) -> None:
@@ -124,7 +129,7 @@ class DHSAConfig:
         _require_float_in("dash_sparsity", self.dash_sparsity, 0.0, float("inf"), low_open=True)
         _require_int("hip_block", self.hip_block, 1, 4096)
         _require_float_in("vs_slash_share", self.vs_slash_share, 0.0, 1.0, low_open=False)
-        for flag in ("share_boundaries", "dash_prior", "triton_fill"):
+        for flag in ("share_boundaries", "dash_prior", "sparse_decode", "triton_fill"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"DHSAConfig.{flag} must be a bool")
         if self.chunker not in CHUNKERS:

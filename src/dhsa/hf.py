@@ -333,7 +333,8 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
     clipped = window if window is not None and window < k_len else None
     short_window = window is not None and window <= config.budget
     short = k_len < config.dense_below(k.device)
-    if method == "dense" or short or (short_window and method in BUDGET_FILLING):
+    dense_step = q_len == 1 and not config.sparse_decode
+    if method == "dense" or short or dense_step or (short_window and method in BUDGET_FILLING):
         return _dense(q, k, v, scale, clipped, softcap)
     if window is not None:
         # Sliding-window layers may get a cache that itself slides (only the last `window` keys),

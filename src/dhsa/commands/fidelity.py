@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
         "dhsa with another chunker or per-layer boundaries is recorded as e.g. dhsa:learned, so "
         "runs with different --chunker can share one --out file.",
     )
-    add_model_options(p, "benchmarks/accuracy/fidelity.jsonl")
+    add_model_options(p, "benchmarks/accuracy/fidelity.jsonl", decode=False)
     p.add_argument("--length", "--lengths", dest="lengths", default="4k",
                    help="comma-separated prompt lengths in tokens (default %(default)s)")
     p.add_argument("--methods", default="dhsa,block_sparse,streaming",

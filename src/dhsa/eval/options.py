@@ -32,8 +32,11 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def add_model_options(p: argparse.ArgumentParser, default_out: str) -> None:
-    """Model, device, haystack, config and output options every eval command takes."""
+def add_model_options(
+    p: argparse.ArgumentParser, default_out: str, *, decode: bool = True
+) -> None:
+    """Model, device, haystack, config and output options every eval command takes (``decode``:
+    with ``--decode``, for the commands that generate)."""
     p.add_argument("--model", required=True, help="model key (smollm2, gemma3, ...), GGUF file, "
                    "local folder or Hub id")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -49,6 +52,10 @@ def add_model_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--boundaries", choices=["shared", "per-layer"], default="shared",
                    help="dhsa chunk boundaries computed once (first layer) and shared by all "
                    "layers, or per layer (default %(default)s)")
+    if decode:
+        p.add_argument("--decode", choices=["sparse", "dense"], default="sparse",
+                       help="decode steps select like prefill, or attend every key (only "
+                       "prefill sparse; recorded as METHOD/dense-decode) (default %(default)s)")
     p.add_argument("--out", default=default_out,
                    help="result file (JSONL, resumable); summary JSON and PNGs go beside it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -60,7 +67,8 @@ def base_config(args) -> DHSAConfig:
     if args.predictor and args.chunker != "learned":
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
     return DHSAConfig(chunker=args.chunker, predictor=args.predictor, min_length=0,
-                      share_boundaries=args.boundaries == "shared")
+                      share_boundaries=args.boundaries == "shared",
+                      sparse_decode=getattr(args, "decode", "sparse") == "sparse")
 
 
 def open_model(args):
@@ -80,12 +88,16 @@ def model_label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name.rstrip("/").split("/")[-1])
 
 
-def method_label(method: str, chunker: str, shared: bool) -> str:
+def method_label(method: str, chunker: str, shared: bool, sparse_decode: bool = True) -> str:
     """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity`` or
-    with per-layer boundaries is told apart (``dhsa:learned``, ``dhsa:fixed/per-layer``), so runs
-    of several chunkers can share one result file and one summary."""
-    if method != "dhsa":
+    with per-layer boundaries is told apart (``dhsa:learned``, ``dhsa:fixed/per-layer``), and any
+    selecting method whose decode steps attend densely gets ``/dense-decode``, so runs of several
+    variants can share one result file and one summary."""
+    if method == "dense":
         return method
-    return method + ("" if chunker == "similarity" else f":{chunker}") + (
-        "" if shared else "/per-layer"
-    )
+    label = method
+    if method == "dhsa":
+        label += ("" if chunker == "similarity" else f":{chunker}") + (
+            "" if shared else "/per-layer"
+        )
+    return label + ("" if sparse_decode else "/dense-decode")

@@ -56,8 +56,11 @@ def run_grid(
     total = len(lengths) * samples * len(items) * len(contenders)
     # dhsa with another chunker or per-layer boundaries is recorded under its own name, so runs
     # of several chunkers can share a result file without taking each other's cells as done.
-    label = method_label("dhsa", base_config.chunker, base_config.share_boundaries)
-    names = {c: label if c.method == "dhsa" else c.method for c in contenders}
+    names = {
+        c: method_label(c.method, base_config.chunker, base_config.share_boundaries,
+                        base_config.sparse_decode)
+        for c in contenders
+    }
     ran = 0
     with tqdm(total=total, disable=not progress, desc=f"{item_field} cells", unit="cell") as bar:
         for length in sorted(lengths):
