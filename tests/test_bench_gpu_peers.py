@@ -80,7 +80,9 @@ def test_model_mode_times_dense_and_dhsa(tmp_path):
         "--decode-tokens", "3", "--no-progress", "--out", str(out),
     ])
     assert code == 0
-    records = json.loads(out.read_text())["records"]
+    document = json.loads(out.read_text())
+    records = document["records"]
+    assert "per method and length" in document["warmup"]
     assert [r["method"] for r in records] == ["dense", "dhsa"]
     assert all(r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in records)
     assert records[1]["ttft_speedup"] > 0
