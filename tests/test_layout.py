@@ -106,3 +106,15 @@ def test_key_bias_spreads_span_bias_over_its_keys():
         query_block=2, span_bias=torch.tensor([0.5, -1.0]),
     )
     assert layout.key_bias()[0].tolist() == [0, 0.5, 0.5, 0, 0, -1.0, 0, 0]
+
+
+def test_from_counts_builds_row_major_layouts_and_checks_the_row_count():
+    starts, ends = torch.tensor([0, 5, 2]), torch.tensor([3, 9, 4])
+    layout = Layout.from_counts(torch.tensor([2, 0, 1]), starts, ends, batch=1, kv_heads=1,
+                                q_len=12, k_len=12, query_block=4)
+    layout.validate()
+    assert layout.spans(0, 0, 0) == [(0, 3), (5, 9)]
+    assert layout.spans(0, 0, 1) == [] and layout.spans(0, 0, 2) == [(2, 4)]
+    with pytest.raises(ValueError, match="counts has 2 rows, the geometry 3"):
+        Layout.from_counts(torch.tensor([2, 1]), starts, ends, batch=1, kv_heads=1, q_len=12,
+                           k_len=12, query_block=4)

@@ -317,6 +317,17 @@ class Layout:
         )
 
 
+def _sorted_spans(starts: Tensor, ends: Tensor, k_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Spans ``[rows, M]`` clipped to ``[0, k_len)`` and sorted by start within each row, empty
+    ones last as ``(k_len + 1, k_len + 1)``; with the sorting permutation."""
+    starts = starts.long().clamp(0, k_len)
+    ends = ends.long().clamp(0, k_len)
+    valid = ends > starts
+    sentinel = k_len + 1
+    s_sorted, order = torch.sort(torch.where(valid, starts, sentinel), dim=1, stable=True)
+    return s_sorted, torch.where(valid, ends, sentinel).gather(1, order), order
+
+
 def merge_padded_rows(starts: Tensor, ends: Tensor, k_len: int) -> tuple[Tensor, Tensor]:
     """Merge the padded candidate spans ``[rows, M]`` of each row in place of a compaction.
 
@@ -327,12 +338,8 @@ def merge_padded_rows(starts: Tensor, ends: Tensor, k_len: int) -> tuple[Tensor,
     """
     rows, width = starts.shape
     device = starts.device
-    starts = starts.long().clamp(0, k_len)
-    ends = ends.long().clamp(0, k_len)
-    valid = ends > starts
     sentinel = k_len + 1
-    s_sorted, order = torch.sort(torch.where(valid, starts, sentinel), dim=1, stable=True)
-    e_sorted = torch.where(valid, ends, sentinel).gather(1, order)
+    s_sorted, e_sorted, _ = _sorted_spans(starts, ends, k_len)
     valid_sorted = s_sorted < sentinel
     run_end = e_sorted.cummax(dim=1).values
     before = torch.full((rows, 1), -1, dtype=torch.int64, device=device)
@@ -364,12 +371,7 @@ def merge_padded(
         merged_starts, merged_ends = merge_padded_rows(starts, ends, k_len)
         keep = merged_ends > merged_starts
         return keep.sum(dim=1), merged_starts[keep], merged_ends[keep], None
-    starts = starts.long().clamp(0, k_len)
-    ends = ends.long().clamp(0, k_len)
-    valid = ends > starts
-    sentinel = k_len + 1
-    s_sorted, order = torch.sort(torch.where(valid, starts, sentinel), dim=1, stable=True)
-    e_sorted = torch.where(valid, ends, sentinel).gather(1, order)
-    valid_sorted = s_sorted < sentinel
+    s_sorted, e_sorted, order = _sorted_spans(starts, ends, k_len)
+    valid_sorted = s_sorted <= k_len
     span_bias = bias.float().gather(1, order)[valid_sorted]
     return valid_sorted.sum(dim=1), s_sorted[valid_sorted], e_sorted[valid_sorted], span_bias
