@@ -307,8 +307,7 @@ class ChunkSums:
                 window_start=window_start, remaining=remaining, width=top + 2, norm=self.norm,
             )
         batch, kv_heads = self.table.shape[:2]
-        query = query_block_representations(q, kv_heads, 1, self.norm)
-        scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
+        scores = self.chunk_scores(q)
         tail_count = (length - self.lo[:, -1]).clamp(min=1)
         tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
         scores[:, :, -1] /= tail_scale[:, None]
@@ -328,6 +327,13 @@ class ChunkSums:
         torch.sub(ends, take, out=span_starts[..., 2:])
         span_ends[..., 2:] = ends
         return span_starts, span_ends
+
+    def chunk_scores(self, q: Tensor) -> Tensor:
+        """Float32 ``[B, Hkv, cap + 1]``: each slot of the table scored by the newest query
+        ``q [B, Hq, 1, D]`` (the query heads of a group averaged); the tail slot's score is
+        still that of its key sum, which :meth:`fill` normalizes by the tail's length."""
+        query = query_block_representations(q, self.table.shape[1], 1, self.norm)
+        return (self.table @ query.transpose(-1, -2)).squeeze(-1)
 
 
 class DecodeSession:
