@@ -145,6 +145,9 @@ def test_eval_options_take_the_learned_chunker(tmp_path):
     assert method_label("dhsa", "similarity", True, False) == "dhsa/dense-decode"
     assert method_label("block_sparse", "similarity", True, False) == "block_sparse/dense-decode"
     assert method_label("dense", "similarity", True, False) == "dense"
+    assert method_label("dhsa", "similarity", True, boundary_z=0.0) == "dhsa/z=0"
+    assert method_label("dhsa", "similarity", False, False, 0.5) == "dhsa/per-layer/z=0.5/dense-decode"
+    assert method_label("dhsa", "fixed", True, boundary_z=0.0) == "dhsa:fixed", "fixed ignores z"
 
 
 def test_probe_chunks_with_the_learned_predictor(tmp_path):

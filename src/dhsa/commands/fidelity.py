@@ -69,7 +69,10 @@ def run(args) -> int:
         boundaries=args.boundaries, max_query_blocks=args.max_query_blocks,
     )
     config = base_config(args)
-    label = {m: method_label(m, config.chunker, config.share_boundaries) for m in methods}
+    label = {
+        m: method_label(m, config.chunker, config.share_boundaries, boundary_z=config.boundary_z)
+        for m in methods
+    }
     passes = [(n, b, i) for n in sorted(lengths) for b in budgets for i in range(args.samples)]
     for length, budget, index in tqdm(passes, disable=args.no_progress, desc="prefills"):
         base = {"model": name, "seed": args.seed, "length": length, "budget": budget,

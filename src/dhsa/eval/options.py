@@ -52,6 +52,9 @@ def add_model_options(
     p.add_argument("--boundaries", choices=["shared", "per-layer"], default="shared",
                    help="dhsa chunk boundaries computed once (first layer) and shared by all "
                    "layers, or per layer (default %(default)s)")
+    p.add_argument("--boundary-z", type=float, default=DHSAConfig.boundary_z,
+                   help="similarity chunker threshold: cut where the shift score exceeds its mean "
+                   "plus Z standard deviations (default %(default)s; lower: more, shorter chunks)")
     if decode:
         p.add_argument("--decode", choices=["sparse", "dense"], default="sparse",
                        help="decode steps select like prefill, or attend every key (only "
@@ -68,7 +71,8 @@ def base_config(args) -> DHSAConfig:
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
     return DHSAConfig(chunker=args.chunker, predictor=args.predictor, min_length=0,
                       share_boundaries=args.boundaries == "shared",
-                      sparse_decode=getattr(args, "decode", "sparse") == "sparse")
+                      sparse_decode=getattr(args, "decode", "sparse") == "sparse",
+                      boundary_z=getattr(args, "boundary_z", DHSAConfig.boundary_z))
 
 
 def open_model(args):
@@ -88,11 +92,18 @@ def model_label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name.rstrip("/").split("/")[-1])
 
 
-def method_label(method: str, chunker: str, shared: bool, sparse_decode: bool = True) -> str:
-    """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity`` or
-    with per-layer boundaries is told apart (``dhsa:learned``, ``dhsa:fixed/per-layer``), and any
-    selecting method whose decode steps attend densely gets ``/dense-decode``, so runs of several
-    variants can share one result file and one summary."""
+def method_label(
+    method: str,
+    chunker: str,
+    shared: bool,
+    sparse_decode: bool = True,
+    boundary_z: float = DHSAConfig.boundary_z,
+) -> str:
+    """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity``,
+    another boundary threshold or per-layer boundaries is told apart (``dhsa:learned``,
+    ``dhsa:fixed/per-layer``, ``dhsa/z=0``), and any selecting method whose decode steps attend
+    densely gets ``/dense-decode``, so runs of several variants can share one result file and one
+    summary."""
     if method == "dense":
         return method
     label = method
@@ -100,4 +111,6 @@ def method_label(method: str, chunker: str, shared: bool, sparse_decode: bool = 
         label += ("" if chunker == "similarity" else f":{chunker}") + (
             "" if shared else "/per-layer"
         )
+        if chunker == "similarity" and boundary_z != DHSAConfig.boundary_z:
+            label += f"/z={boundary_z:g}"
     return label + ("" if sparse_decode else "/dense-decode")
