@@ -72,7 +72,7 @@ def base_config(args) -> DHSAConfig:
     return DHSAConfig(chunker=args.chunker, predictor=args.predictor, min_length=0,
                       share_boundaries=args.boundaries == "shared",
                       sparse_decode=getattr(args, "decode", "sparse") == "sparse",
-                      boundary_z=getattr(args, "boundary_z", DHSAConfig.boundary_z))
+                      boundary_z=args.boundary_z)
 
 
 def open_model(args):

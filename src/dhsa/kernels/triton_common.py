@@ -204,3 +204,11 @@ def logit_constants(scale: float, softcap: float | None) -> tuple[float, float, 
     if softcap is None:
         return scale * LOG2E, 0.0, 0.0
     return scale * LOG2E, scale / softcap, softcap * LOG2E
+
+
+@triton.jit
+def order_key(score):
+    """An int32 whose order is the float32 ``score``'s order (``-inf`` lowest among them): the
+    bisections of the fill kernels search these instead of floats."""
+    bits = score.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)

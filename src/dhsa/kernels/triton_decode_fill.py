@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton_common import order_key
+
 
 @triton.jit
 def _chunk_scores_kernel(
@@ -81,20 +83,13 @@ def _chunk_scores_kernel(
 
 
 @triton.jit
-def _order_key(score):
-    """An int32 whose order is the float32 ``score``'s order (``-inf`` lowest among them)."""
-    bits = score.to(tl.int32, bitcast=True)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
 def _keys_at_or_above(scores, sizes, base, slots, threshold, BLOCK_S: tl.constexpr):
     """Total size of the chunks of one row whose order key is at least ``threshold``."""
     total = tl.zeros([], dtype=tl.int64)
     for s0 in range(0, slots, BLOCK_S):
         offs = s0 + tl.arange(0, BLOCK_S)
         ok = offs < slots
-        key = _order_key(tl.load(scores + base + offs, mask=ok, other=float("-inf")))
+        key = order_key(tl.load(scores + base + offs, mask=ok, other=float("-inf")))
         size = tl.load(sizes + base + offs, mask=ok, other=0)
         total += tl.sum(tl.where(key >= threshold, size, 0).to(tl.int64), axis=0)
     return total
@@ -143,7 +138,7 @@ def _fill_kernel(
     for s0 in range(0, slots, BLOCK_S):
         offs = s0 + tl.arange(0, BLOCK_S)
         ok = offs < slots
-        key = _order_key(tl.load(scores + base + offs, mask=ok, other=float("-inf")))
+        key = order_key(tl.load(scores + base + offs, mask=ok, other=float("-inf")))
         size = tl.load(sizes + base + offs, mask=ok, other=0).to(tl.int64)
         tied = ok & (key == low)
         tied_size = tl.where(tied, size, 0)

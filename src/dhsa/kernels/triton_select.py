@@ -23,12 +23,11 @@ the torch fill for them.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_decode_fill import _order_key
+from .triton_common import order_key
 
 # Chunks of one row the kernel keeps in registers (128K keys at the minimum chunk length of 8).
 MAX_RESIDENT_CHUNKS = 16384
@@ -78,7 +77,7 @@ def _prefill_fill_kernel(
     size = tl.maximum(tl.minimum(hi, last) - tl.maximum(lo, first), 0)
     nonfinite = tl.sum(((score != score) | (score == float("inf"))).to(tl.int32), axis=0)
     tl.atomic_max(bad, tl.minimum(nonfinite, 1))
-    key = _order_key(tl.where(size > 0, score, float("-inf")))
+    key = order_key(tl.where(size > 0, score, float("-inf")))
     size = tl.where(size > 0, size, 0)
 
     # Bisection for the cut: the largest key t with size(key >= t) > budget. When everything

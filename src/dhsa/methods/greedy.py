@@ -64,21 +64,22 @@ def greedy_layout(
     if use_triton:
         starts, ends, flag = _fill_triton(q_rep, k_rep, bounds, regions, remaining, top,
                                           tile_elements)
-        is_finite, too_short = torch.stack([finite & (flag == 0), flag >= 2]).tolist()
-        if too_short:
+        is_finite, overfull = torch.stack([finite & (flag == 0), flag >= 2]).tolist()
+        if overfull:
             raise RuntimeError("the Triton fill took more chunks than its width holds")
-        likely = top
+        redo = False
     else:
         # The fill nearly always ends within the `likely` best chunks; only when some block
         # needs more (its best `likely` chunks are all short) is it redone with the sure bound.
         starts, ends, overflow, short = _fill(q_rep, k_rep, bounds, regions, remaining, likely,
                                               k_len, tile_elements)
         is_finite, too_short = torch.stack([finite & ~overflow, short]).tolist()
+        redo = too_short and likely < top
     if not is_finite:
         raise NonFiniteInputError(
             "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
         )
-    if too_short and likely < top:
+    if redo:
         starts, ends, _, _ = _fill(q_rep, k_rep, bounds, regions, remaining, top, k_len,
                                    tile_elements)
     keep = ends > starts
@@ -108,19 +109,29 @@ def _fill_triton(
     ``[B, Hkv, NQB, ranked + 2]`` and the kernel's flag (1: a non-finite score)."""
     from ..kernels.triton_select import prefill_fill_tile
 
-    batch, kv_heads, num_blocks, _ = q_rep.shape
-    num_chunks = k_rep.shape[2]
-    device = q_rep.device
-    width = ranked + 2
-    out_starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32, device=device)
-    out_ends = torch.empty_like(out_starts)
-    flag = torch.zeros(1, dtype=torch.int32, device=device)
-    tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
-    for q0 in range(0, num_blocks, tile):
-        q1 = min(q0 + tile, num_blocks)
-        scores = q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
+    out_starts, out_ends = _span_buffers(q_rep, ranked + 2)
+    flag = torch.zeros(1, dtype=torch.int32, device=q_rep.device)
+    for q0, _, scores in _score_tiles(q_rep, k_rep, tile_elements):
         prefill_fill_tile(scores, bounds, regions, remaining, q0, out_starts, out_ends, flag)
     return out_starts, out_ends, flag[0]
+
+
+def _span_buffers(q_rep: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Uninitialized int32 ``(starts, ends) [B, Hkv, NQB, width]``: every tile writes its rows."""
+    batch, kv_heads, num_blocks, _ = q_rep.shape
+    starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32,
+                         device=q_rep.device)
+    return starts, torch.empty_like(starts)
+
+
+def _score_tiles(q_rep: Tensor, k_rep: Tensor, tile_elements: int):
+    """``(q0, q1, scores [B, Hkv, q1 - q0, N])`` for tiles of query blocks of at most about
+    ``tile_elements`` float32 scores each."""
+    batch, kv_heads, num_blocks, _ = q_rep.shape
+    tile = max(1, tile_elements // max(batch * kv_heads * k_rep.shape[2], 1))
+    for q0 in range(0, num_blocks, tile):
+        q1 = min(q0 + tile, num_blocks)
+        yield q0, q1, q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
 
 
 def _fill(
@@ -136,21 +147,16 @@ def _fill(
     """The fill over each block's best ``ranked`` chunks: padded merged spans
     ``[B, Hkv, NQB, ranked + 2]`` (int32 starts and ends, empty slots last), whether a ranked
     score was NaN or +Inf, and whether some block ran out of ranked chunks before its budget."""
-    batch, kv_heads, num_blocks, _ = q_rep.shape
-    num_chunks = k_rep.shape[2]
+    batch, kv_heads = q_rep.shape[:2]
     device = q_rep.device
     chunk_lo = bounds[:, None, :-1]
     chunk_hi = bounds[:, None, 1:]
     fixed_starts, fixed_ends = regions.fixed_spans()
     width = ranked + 2
-    out_starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32, device=device)
-    out_ends = torch.empty_like(out_starts)
+    out_starts, out_ends = _span_buffers(q_rep, width)
     overflow = torch.zeros((), dtype=torch.bool, device=device)
     short = torch.zeros((), dtype=torch.bool, device=device)
-    tile = max(1, tile_elements // max(batch * kv_heads * num_chunks, 1))
-    for q0 in range(0, num_blocks, tile):
-        q1 = min(q0 + tile, num_blocks)
-        scores = q_rep[:, :, q0:q1] @ k_rep.transpose(-1, -2)
+    for q0, q1, scores in _score_tiles(q_rep, k_rep, tile_elements):
         lo = torch.maximum(chunk_lo, regions.candidate_start[q0:q1, None])
         hi = torch.minimum(chunk_hi, regions.candidate_end[q0:q1, None])
         cost = torch.clamp(hi - lo, min=0)[:, None].expand(-1, kv_heads, -1, -1)
