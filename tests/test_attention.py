@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_qkv, naive_attention, rel_error
 
 import dhsa
+from conftest import make_qkv, naive_attention, rel_error
 from dhsa import DHSAConfig
 from dhsa.methods.fixed_windows import streaming_local
 
@@ -140,15 +140,22 @@ def test_torch_backend_matches_reference_on_random_layouts_with_bias(rng):
     mask[0] = False
     for window in (None, 20):
         base = Layout.from_key_mask(
-            mask, batch=batch, kv_heads=kv_heads, q_len=q_len, k_len=k_len, query_block=bq,
+            mask,
+            batch=batch,
+            kv_heads=kv_heads,
+            q_len=q_len,
+            k_len=k_len,
+            query_block=bq,
             sliding_window=window,
         )
         layout = Layout(**{**base.__dict__, "span_bias": torch.randn(base.nnz, generator=rng)})
         ref = dhsa.attend(q, k, v, layout, backend="reference")
         for softcap in (None, 5.0):
             out = dhsa.attend(q, k, v, layout, backend="torch", softcap=softcap)
-            expected = ref if softcap is None else dhsa.attend(
-                q, k, v, layout, backend="reference", softcap=softcap
+            expected = (
+                ref
+                if softcap is None
+                else dhsa.attend(q, k, v, layout, backend="reference", softcap=softcap)
             )
             assert rel_error(out, expected) < 1e-6
         empty_rows = ~dhsa.Layout.to_dense_mask(layout).any(-1)

@@ -13,11 +13,28 @@ from dhsa.cli import main
 
 def test_bench_writes_records_plot_and_ratios(tmp_path, capsys):
     out = tmp_path / "b.json"
-    code = main([
-        "bench", "--lengths", "512,1k", "--budgets", "256", "--q-heads", "4", "--kv-heads", "2",
-        "--head-dim", "32", "--repeats", "1", "--methods", "dense,dhsa,streaming",
-        "--out", str(out), "--no-progress",
-    ])
+    code = main(
+        [
+            "bench",
+            "--lengths",
+            "512,1k",
+            "--budgets",
+            "256",
+            "--q-heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "32",
+            "--repeats",
+            "1",
+            "--methods",
+            "dense,dhsa,streaming",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     doc = json.loads(out.read_text())
     assert doc["command"].startswith("dhsa bench")
@@ -42,10 +59,22 @@ def test_bench_refuses_speedup_for_wrong_output(tmp_path):
     register_contender(Contender(name="wrong", dense=False, prepare=wrong))
     try:
         out = tmp_path / "w.json"
-        code = main([
-            "bench", "--lengths", "512", "--budgets", "256", "--methods", "dense,wrong",
-            "--repeats", "1", "--out", str(out), "--no-progress",
-        ])
+        code = main(
+            [
+                "bench",
+                "--lengths",
+                "512",
+                "--budgets",
+                "256",
+                "--methods",
+                "dense,wrong",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     finally:
         CONTENDERS.pop("wrong")
     assert code == 1
@@ -74,15 +103,35 @@ def test_bench_errors_are_clear(tmp_path, capsys):
 
 def test_bench_on_recorded_inputs(tmp_path, rng):
     path = tmp_path / "qkv.pt"
-    torch.save({
-        "q": torch.randn(1, 2, 600, 16, generator=rng),
-        "k": torch.randn(1, 1, 600, 16, generator=rng),
-        "v": torch.randn(1, 1, 600, 16, generator=rng),
-    }, path)
+    torch.save(
+        {
+            "q": torch.randn(1, 2, 600, 16, generator=rng),
+            "k": torch.randn(1, 1, 600, 16, generator=rng),
+            "v": torch.randn(1, 1, 600, 16, generator=rng),
+        },
+        path,
+    )
     out = tmp_path / "r.json"
-    assert main([
-        "bench", "--inputs", str(path), "--lengths", "300,600", "--budgets", "256",
-        "--methods", "dense,dhsa", "--repeats", "1", "--out", str(out), "--no-progress",
-    ]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--inputs",
+                str(path),
+                "--lengths",
+                "300,600",
+                "--budgets",
+                "256",
+                "--methods",
+                "dense,dhsa",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["inputs"] == str(path) and len(doc["records"]) == 4

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_qkv, naive_attention, rel_error
 
 import dhsa
+from conftest import make_qkv, naive_attention, rel_error
 from dhsa.bench.flex import blocks_layout, touched_blocks
 from dhsa.cli import main
 
@@ -55,11 +55,31 @@ def test_flex_peer_matches_exact_attention_over_its_blocks():
 
 def test_decode_mode_records_dense_and_sparse_per_token(tmp_path, capsys):
     out = tmp_path / "decode.json"
-    code = main([
-        "bench", "--decode", "--lengths", "600,900", "--budgets", "256", "--batches", "1,2",
-        "--q-heads", "4", "--kv-heads", "2", "--head-dim", "16", "--repeats", "2",
-        "--decode-tokens", "4", "--no-progress", "--out", str(out),
-    ])
+    code = main(
+        [
+            "bench",
+            "--decode",
+            "--lengths",
+            "600,900",
+            "--budgets",
+            "256",
+            "--batches",
+            "1,2",
+            "--q-heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "16",
+            "--repeats",
+            "2",
+            "--decode-tokens",
+            "4",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     records = json.loads(out.read_text())["records"]
     assert {(r["contender"], r["length"], r["batch"]) for r in records} == {
@@ -75,10 +95,24 @@ def test_decode_mode_records_dense_and_sparse_per_token(tmp_path, capsys):
 def test_model_mode_times_dense_and_dhsa(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "model.json"
-    code = main([
-        "bench", "--model", "tiny", "--lengths", "4200", "--budgets", "256", "--methods", "dhsa",
-        "--decode-tokens", "3", "--no-progress", "--out", str(out),
-    ])
+    code = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--lengths",
+            "4200",
+            "--budgets",
+            "256",
+            "--methods",
+            "dhsa",
+            "--decode-tokens",
+            "3",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     document = json.loads(out.read_text())
     records = document["records"]

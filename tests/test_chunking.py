@@ -20,7 +20,7 @@ def planted_keys(generator, cuts, length, batch=1, kv_heads=2, dim=32, noise=0.0
     """Keys constant within segments separated at ``cuts``, plus small noise."""
     edges = [0, *cuts, length]
     k = torch.empty(batch, kv_heads, length, dim)
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=False):
         k[:, :, a:b] = torch.randn(batch, kv_heads, 1, dim, generator=generator)
     return k + noise * torch.randn(k.shape, generator=generator)
 

@@ -73,8 +73,9 @@ def decode_steps(session, q, k, config, start, layer=0, row=None):
     layouts = []
     for length in range(start, k.shape[2] + 1):
         layouts.append(
-            session.select(q[:, :, length - 1 : length], k[:, :, :length], config,
-                           layer=layer, row=row)
+            session.select(
+                q[:, :, length - 1 : length], k[:, :, :length], config, layer=layer, row=row
+            )
         )
     return layouts
 
@@ -103,12 +104,10 @@ def test_decode_with_budget_covering_everything_is_dense():
     k = torch.randn(1, 2, 95, 32)
     v = torch.randn(1, 2, 95, 32)
     session = DecodeSession()
-    for length, layout in zip(range(60, 96), decode_steps(session, q, k, config, 60)):
+    for length, layout in zip(range(60, 96), decode_steps(session, q, k, config, 60), strict=False):
         assert layout.density() == 1.0
         out = dhsa.attend(q[:, :, length - 1 : length], k[:, :, :length], v[:, :, :length], layout)
-        ref = dhsa.dense_attention(
-            q[:, :, length - 1 : length], k[:, :, :length], v[:, :, :length]
-        )
+        ref = dhsa.dense_attention(q[:, :, length - 1 : length], k[:, :, :length], v[:, :, :length])
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -119,7 +118,7 @@ def test_batched_rows_are_independent():
     batched = decode_steps(DecodeSession(), q, k, config, 77)
     for b in range(3):
         alone = decode_steps(DecodeSession(), q[b : b + 1], k[b : b + 1], config, 77)
-        for together, single in zip(batched, alone):
+        for together, single in zip(batched, alone, strict=False):
             assert torch.equal(together.to_dense_mask()[b : b + 1], single.to_dense_mask())
 
 
@@ -173,8 +172,14 @@ def test_learned_incremental_equals_full_up_to_delay(tmp_path):
     with torch.no_grad():
         threshold = float(predictor(k.float().mean(dim=1)).quantile(0.8))
     config = dhsa.DHSAConfig(
-        chunker="learned", predictor=str(path), predictor_threshold=threshold, min_chunk=4,
-        max_chunk=length, budget=256, sink=4, local=8,
+        chunker="learned",
+        predictor=str(path),
+        predictor_threshold=threshold,
+        min_chunk=4,
+        max_chunk=length,
+        budget=256,
+        sink=4,
+        local=8,
     )
     full = learned_boundaries(k, predictor, threshold=threshold, min_chunk=4, max_chunk=length)
     tracker = BoundaryTracker.start(k[:, :, :prefix], config, owner=0)
@@ -193,8 +198,9 @@ def test_spans_are_disjoint_and_fill_the_budget_exactly():
     k, _ = segmented_keys(2, 2, 300, 16, seed=11, lo=5, hi=20)
     session = DecodeSession()
     for length in range(200, 301, 7):
-        starts, ends = session.select_spans(q[:, :, length - 1 : length], k[:, :, :length],
-                                            config, layer=0)
+        starts, ends = session.select_spans(
+            q[:, :, length - 1 : length], k[:, :, :length], config, layer=0
+        )
         sizes = (ends - starts).clamp(min=0)
         assert bool((starts >= 0).all()) and bool((ends <= length).all())
         assert sizes.sum(-1).tolist() == [[config.budget] * 2] * 2

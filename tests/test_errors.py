@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import make_qkv
 
 import dhsa
+from conftest import make_qkv
 from dhsa import DHSAConfig
 
 

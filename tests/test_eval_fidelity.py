@@ -17,8 +17,16 @@ from dhsa.eval.fidelity import (
     summarize_fidelity,
 )
 
-CONFIG = DHSAConfig(budget=96, sink=16, local=32, query_block=16, min_length=0, min_chunk=4,
-                    max_chunk=24, chunk_size=16)
+CONFIG = DHSAConfig(
+    budget=96,
+    sink=16,
+    local=32,
+    query_block=16,
+    min_length=0,
+    min_chunk=4,
+    max_chunk=24,
+    chunk_size=16,
+)
 
 
 def reference_recall(q, k, mask, blocks, query_block, scale, window=None):
@@ -33,8 +41,9 @@ def reference_recall(q, k, mask, blocks, query_block, scale, window=None):
         allowed &= qp - kp < window
     probs = logits.masked_fill(~allowed, -math.inf).softmax(-1)
     kept = (probs * mask.repeat_interleave(group, 1)).sum(-1)
-    rows = torch.cat([torch.arange(b * query_block, min((b + 1) * query_block, q_len))
-                      for b in blocks.tolist()])
+    rows = torch.cat(
+        [torch.arange(b * query_block, min((b + 1) * query_block, q_len)) for b in blocks.tolist()]
+    )
     return kept[:, :, rows].mean().item()
 
 
@@ -43,10 +52,13 @@ def test_recall_matches_dense_mask_reference(rng, window):
     q, k, _ = make_qkv(2, 6, 2, 301, 301, 16, rng)
     blocks = evaluated_blocks(301, 301, CONFIG, max_blocks=7)
     assert blocks.numel() == 7 and int(blocks.min()) * 16 >= CONFIG.budget
-    layouts = {m: select(q, k, CONFIG, method=m, sliding_window=window)
-               for m in ("dense", "dhsa", "block_sparse", "streaming")}
-    got = attention_recall(q, k, layouts, blocks, scale=0.25, softcap=None,
-                           sliding_window=window, query_block=16)
+    layouts = {
+        m: select(q, k, CONFIG, method=m, sliding_window=window)
+        for m in ("dense", "dhsa", "block_sparse", "streaming")
+    }
+    got = attention_recall(
+        q, k, layouts, blocks, scale=0.25, softcap=None, sliding_window=window, query_block=16
+    )
     for method, layout in layouts.items():
         expected = reference_recall(q, k, layout.to_dense_mask(), blocks, 16, 0.25, window)
         assert got[method] == pytest.approx(expected, abs=1e-5)
@@ -73,8 +85,13 @@ def test_layer_fidelity_limits(rng):
 def tiny_llama():
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
     )
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
     return transformers.LlamaForCausalLM(config).eval()
@@ -122,15 +139,20 @@ def _eval_args(tmp_path, *extra):
 
 def test_eval_options_take_the_learned_chunker(tmp_path):
     from dhsa.chunking.learned import BoundaryPredictor, save_predictor
-    from dhsa.eval.options import method_label
-    from dhsa.eval.options import base_config
+    from dhsa.eval.options import base_config, method_label
 
     path = tmp_path / "p.pt"
     save_predictor(BoundaryPredictor(16, window=2, heads=2, hidden=8), path)
-    config = base_config(_eval_args(tmp_path, "--chunker", "learned", "--predictor", str(path),
-                                    "--boundaries", "per-layer"))
+    config = base_config(
+        _eval_args(
+            tmp_path, "--chunker", "learned", "--predictor", str(path), "--boundaries", "per-layer"
+        )
+    )
     assert (config.chunker, config.predictor, config.share_boundaries) == (
-        "learned", str(path), False)
+        "learned",
+        str(path),
+        False,
+    )
     assert base_config(_eval_args(tmp_path)).share_boundaries
     with pytest.raises(ValueError, match="predictor=PATH"):
         base_config(_eval_args(tmp_path, "--chunker", "learned"))
@@ -146,7 +168,9 @@ def test_eval_options_take_the_learned_chunker(tmp_path):
     assert method_label("block_sparse", "similarity", True, False) == "block_sparse/dense-decode"
     assert method_label("dense", "similarity", True, False) == "dense"
     assert method_label("dhsa", "similarity", True, boundary_z=0.0) == "dhsa/z=0"
-    assert method_label("dhsa", "similarity", False, False, 0.5) == "dhsa/per-layer/z=0.5/dense-decode"
+    assert (
+        method_label("dhsa", "similarity", False, False, 0.5) == "dhsa/per-layer/z=0.5/dense-decode"
+    )
     assert method_label("dhsa", "fixed", True, boundary_z=0.0) == "dhsa:fixed", "fixed ignores z"
 
 
@@ -173,7 +197,6 @@ def test_probe_chunks_with_the_learned_predictor(tmp_path):
     assert all(0.0 < r["recall"] <= 1.0 + 1e-6 for r in records)
     # Shared boundaries are the predictor's on the first layer's keys (averaged over KV heads).
     keys = capture_keys_and_labels(model, ids, [0])[0][0]
-    expected = learned_boundaries(keys[None, None], load_predictor(path), min_chunk=4,
-                                  max_chunk=24)
+    expected = learned_boundaries(keys[None, None], load_predictor(path), min_chunk=4, max_chunk=24)
     assert torch.equal(probe.boundaries, expected)
     assert expected.shape[1] - 1 > 2 * -(-283 // 24)  # the predictor cut, not max-length splits

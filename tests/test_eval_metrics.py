@@ -38,8 +38,9 @@ def test_rouge_l_against_lcs():
     assert lcs_length("a b c d e".split(), "a c e f".split()) == 3
     # pred 5 tokens, ref 4 tokens, LCS 3: P 3/5, R 3/4
     expected = 2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4)
-    assert rouge_l("police killed the gunman quickly", ["police kill gunman quickly"]) == \
-        pytest.approx(2 * (3 / 4) * (3 / 4) / (3 / 4 + 3 / 4))
+    assert rouge_l(
+        "police killed the gunman quickly", ["police kill gunman quickly"]
+    ) == pytest.approx(2 * (3 / 4) * (3 / 4) / (3 / 4 + 3 / 4))
     assert rouge_l("x1 b x2 d e", ["b d e q"]) == pytest.approx(expected)
     assert rouge_l("", ["anything"]) == 0.0
 
@@ -70,12 +71,26 @@ def _write(tmp_path, records):
 
 def test_longbench_loader_and_scores(tmp_path):
     records = [
-        {"input": "Who?", "context": "Ann met Bob.", "answers": ["Ann"], "dataset": "hotpotqa",
-         "_id": "1"},
-        {"input": "Sum?", "context": "long report", "answers": ["a short summary"],
-         "dataset": "gov_report"},
-        {"input": "Q", "context": "c", "answers": ["Location"], "dataset": "trec",
-         "all_classes": ["Location", "Entity"]},
+        {
+            "input": "Who?",
+            "context": "Ann met Bob.",
+            "answers": ["Ann"],
+            "dataset": "hotpotqa",
+            "_id": "1",
+        },
+        {
+            "input": "Sum?",
+            "context": "long report",
+            "answers": ["a short summary"],
+            "dataset": "gov_report",
+        },
+        {
+            "input": "Q",
+            "context": "c",
+            "answers": ["Location"],
+            "dataset": "trec",
+            "all_classes": ["Location", "Entity"],
+        },
         {"input": "", "context": "def f():", "answers": ["return 1"], "dataset": "lcc"},
     ]
     samples = load_longbench(_write(tmp_path, records))

@@ -24,30 +24,90 @@ def write(path, document):
 
 def test_report_tables_hold_the_recorded_scores(tmp_path):
     run = {"kind": "niah", "command": "dhsa niah --model m", "device": "cpu"}
-    niah = store_with(tmp_path / "n.jsonl", ["model", "method", "budget", "length", "depth", "i"],
-                      [run, run], [
-        {"model": "m", "method": "dense", "budget": None, "length": 4096, "depth": 0.5, "i": 0,
-         "score": 1.0},
-        {"model": "m", "method": "dense", "budget": None, "length": 4096, "depth": 0.0, "i": 0,
-         "score": 0.0},
-        {"model": "m", "method": "dhsa", "budget": 1024, "length": 4096, "depth": 0.5, "i": 0,
-         "score": 1.0},
-        {"model": "m", "method": "dhsa", "budget": 1024, "length": 8192, "depth": 0.5, "i": 0,
-         "score": 0.25},
-    ])
-    ruler = store_with(tmp_path / "r.jsonl", ["model", "method", "budget", "length", "task"],
-                       [{"kind": "ruler", "command": "dhsa ruler", "device": "cuda"}], [
-        {"model": "m", "method": "dhsa", "budget": 2048, "length": 4096, "task": "niah_single_1",
-         "score": 0.5},
-        {"model": "m", "method": "dhsa", "budget": 2048, "length": 4096, "task": "vt",
-         "score": 1.0},
-    ])
-    fidelity = store_with(tmp_path / "f.jsonl", ["model", "method", "budget", "length", "layer"],
-                          [], [
-        {"model": "m", "method": "dhsa", "budget": 1024, "length": 4096, "layer": layer,
-         "recall": recall, "output_error": 0.1, "density": 0.25}
-        for layer, recall in ((0, 0.9), (1, 0.7))
-    ])
+    niah = store_with(
+        tmp_path / "n.jsonl",
+        ["model", "method", "budget", "length", "depth", "i"],
+        [run, run],
+        [
+            {
+                "model": "m",
+                "method": "dense",
+                "budget": None,
+                "length": 4096,
+                "depth": 0.5,
+                "i": 0,
+                "score": 1.0,
+            },
+            {
+                "model": "m",
+                "method": "dense",
+                "budget": None,
+                "length": 4096,
+                "depth": 0.0,
+                "i": 0,
+                "score": 0.0,
+            },
+            {
+                "model": "m",
+                "method": "dhsa",
+                "budget": 1024,
+                "length": 4096,
+                "depth": 0.5,
+                "i": 0,
+                "score": 1.0,
+            },
+            {
+                "model": "m",
+                "method": "dhsa",
+                "budget": 1024,
+                "length": 8192,
+                "depth": 0.5,
+                "i": 0,
+                "score": 0.25,
+            },
+        ],
+    )
+    ruler = store_with(
+        tmp_path / "r.jsonl",
+        ["model", "method", "budget", "length", "task"],
+        [{"kind": "ruler", "command": "dhsa ruler", "device": "cuda"}],
+        [
+            {
+                "model": "m",
+                "method": "dhsa",
+                "budget": 2048,
+                "length": 4096,
+                "task": "niah_single_1",
+                "score": 0.5,
+            },
+            {
+                "model": "m",
+                "method": "dhsa",
+                "budget": 2048,
+                "length": 4096,
+                "task": "vt",
+                "score": 1.0,
+            },
+        ],
+    )
+    fidelity = store_with(
+        tmp_path / "f.jsonl",
+        ["model", "method", "budget", "length", "layer"],
+        [],
+        [
+            {
+                "model": "m",
+                "method": "dhsa",
+                "budget": 1024,
+                "length": 4096,
+                "layer": layer,
+                "recall": recall,
+                "output_error": 0.1,
+                "density": 0.25,
+            }
+            for layer, recall in ((0, 0.9), (1, 0.7))
+        ],
+    )
     paths = [
         write(tmp_path / "n.json", niah_summary(niah)),
         write(tmp_path / "r.json", ruler_summary(ruler)),
@@ -75,10 +135,21 @@ def test_report_rejects_files_that_are_not_summaries(tmp_path, capsys):
 
 def test_report_summarizes_result_files_of_unfinished_runs(tmp_path):
     run = {"kind": "ruler", "command": "dhsa ruler --model m", "device": "cpu"}
-    store_with(tmp_path / "r.jsonl", ["model", "method", "budget", "length", "task"], [run], [
-        {"model": "m", "method": "dense", "budget": None, "length": 2048, "task": "vt",
-         "score": 0.5},
-    ])
+    store_with(
+        tmp_path / "r.jsonl",
+        ["model", "method", "budget", "length", "task"],
+        [run],
+        [
+            {
+                "model": "m",
+                "method": "dense",
+                "budget": None,
+                "length": 2048,
+                "task": "vt",
+                "score": 0.5,
+            },
+        ],
+    )
     with (tmp_path / "r.jsonl").open("a") as f:
         f.write('{"type": "cell", "model": "m", "method": "dense", "bud')  # killed mid-write
     out = tmp_path / "a.md"
@@ -90,14 +161,26 @@ def test_report_summarizes_result_files_of_unfinished_runs(tmp_path):
 
 def test_report_lists_recall_per_selective_layer_and_marks_the_best(tmp_path):
     cells = [
-        {"model": "m", "method": method, "budget": 1024, "length": 4096, "layer": layer,
-         "recall": recall, "output_error": 0.1, "density": density}
-        for layer, density, recalls in ((0, 1.0, (1.0, 1.0)), (1, 0.25, (0.6, 0.7)),
-                                        (2, 0.25, (0.9, 0.8)))
-        for method, recall in zip(("dhsa", "block_sparse"), recalls)
+        {
+            "model": "m",
+            "method": method,
+            "budget": 1024,
+            "length": 4096,
+            "layer": layer,
+            "recall": recall,
+            "output_error": 0.1,
+            "density": density,
+        }
+        for layer, density, recalls in (
+            (0, 1.0, (1.0, 1.0)),
+            (1, 0.25, (0.6, 0.7)),
+            (2, 0.25, (0.9, 0.8)),
+        )
+        for method, recall in zip(("dhsa", "block_sparse"), recalls, strict=False)
     ]
-    store = store_with(tmp_path / "f.jsonl", ["model", "method", "budget", "length", "layer"],
-                       [], cells)
+    store = store_with(
+        tmp_path / "f.jsonl", ["model", "method", "budget", "length", "layer"], [], cells
+    )
     out = tmp_path / "a.md"
     path = write(tmp_path / "f.json", fidelity_summary(store))
     assert main(["report", str(path), "--out", str(out)]) == 0

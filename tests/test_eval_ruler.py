@@ -91,14 +91,17 @@ def test_niah_needle_at_stated_depth_on_sentence_boundary(depth, essays):
     assert context.count(needle) == 1
     # Depth as a fraction of the haystack text, within the length of the longest sentence there.
     longest = max(len(s) for s in split_sentences(context))
-    assert abs(position / max(len(context) - len(needle), 1) - depth) <= longest / len(context) + 0.01
+    assert (
+        abs(position / max(len(context) - len(needle), 1) - depth) <= longest / len(context) + 0.01
+    )
     before = context[:position].rstrip()
     assert before == "" or before[-1] in ".!?\"')"
     # Every depth of one index hides the same needle in the same haystack.
     other = niah_sample(3001, 0.5, 2, count_tokens, essays, seed=7)
     assert other.needles == sample.needles
-    assert other.prompt.replace(needle + " ", "") .replace(" " + needle, "") == \
-        sample.prompt.replace(needle + " ", "").replace(" " + needle, "")
+    assert other.prompt.replace(needle + " ", "").replace(
+        " " + needle, ""
+    ) == sample.prompt.replace(needle + " ", "").replace(" " + needle, "")
 
 
 def test_insert_at_depths_order_and_bounds():

@@ -25,20 +25,34 @@ def char_tokenizer(chat_template=None):
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.decoder = tokenizers.decoders.Fuse()
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<unk>", chat_template=chat_template,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        chat_template=chat_template,
     )
 
 
 def save_tiny(folder, arch="llama", chat_template=None):
     common = dict(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     if arch == "gemma3":
         config = transformers.Gemma3TextConfig(
-            **common, head_dim=16, sliding_window=32, sliding_window_pattern=2,
+            **common,
+            head_dim=16,
+            sliding_window=32,
+            sliding_window_pattern=2,
             query_pre_attn_scalar=16,
         )
     else:
@@ -63,10 +77,19 @@ def prompt_file(tmp_path):
 
 
 def run_generate(model, prompt, out, *extra):
-    return main([
-        "generate", "--model", model, "--prompt-file", str(prompt), "--json", str(out),
-        "--no-progress", *extra,
-    ])
+    return main(
+        [
+            "generate",
+            "--model",
+            model,
+            "--prompt-file",
+            str(prompt),
+            "--json",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def hf_greedy(folder, text, steps, attn="sdpa"):
@@ -75,15 +98,26 @@ def hf_greedy(folder, text, steps, attn="sdpa"):
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         out = model.eval().generate(ids, max_new_tokens=steps, do_sample=False)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_dense_and_covering_budget_match_hf_generate(tiny_llama, prompt_file, tmp_path, capsys):
     out = tmp_path / "gen.json"
     threads = torch.get_num_threads()
     try:
-        code = run_generate(tiny_llama, prompt_file, out, "--method", "dhsa,block_sparse",
-                            "--budget", "1024", "--max-new-tokens", "12", "--threads", "1")
+        code = run_generate(
+            tiny_llama,
+            prompt_file,
+            out,
+            "--method",
+            "dhsa,block_sparse",
+            "--budget",
+            "1024",
+            "--max-new-tokens",
+            "12",
+            "--threads",
+            "1",
+        )
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -154,8 +188,20 @@ def test_peak_memory_sees_a_large_allocation():
 def test_chat_template_wraps_the_prompt(tmp_path, prompt_file):
     folder = str(save_tiny(tmp_path / "chat", chat_template=CHAT_TEMPLATE))
     out = tmp_path / "gen.json"
-    assert run_generate(folder, prompt_file, out, "--chat", "--no-dense", "--budget", "512",
-                        "--max-new-tokens", "3") == 0
+    assert (
+        run_generate(
+            folder,
+            prompt_file,
+            out,
+            "--chat",
+            "--no-dense",
+            "--budget",
+            "512",
+            "--max-new-tokens",
+            "3",
+        )
+        == 0
+    )
     row = json.loads(out.read_text())["results"][0]
     wrapped = f"<s>user: {PROMPT}\nassistant:"
     assert row["prompt_tokens"] == len(wrapped) - len("<s>") + 1
@@ -180,8 +226,9 @@ def test_errors_name_the_problem(tiny_llama, tmp_path, prompt_file, capsys):
 
 
 @pytest.mark.parametrize("boundaries, shared", [("shared", True), ("per-layer", False)])
-def test_boundaries_option_reaches_the_config(tiny_llama, prompt_file, tmp_path, monkeypatch,
-                                              boundaries, shared):
+def test_boundaries_option_reaches_the_config(
+    tiny_llama, prompt_file, tmp_path, monkeypatch, boundaries, shared
+):
     import dhsa.hf
 
     configured = []
@@ -193,8 +240,18 @@ def test_boundaries_option_reaches_the_config(tiny_llama, prompt_file, tmp_path,
 
     monkeypatch.setattr(dhsa.hf, "configure", spy)
     out = tmp_path / "gen.json"
-    code = run_generate(tiny_llama, prompt_file, out, "--no-dense", "--budget", "1024",
-                        "--max-new-tokens", "2", "--boundaries", boundaries)
+    code = run_generate(
+        tiny_llama,
+        prompt_file,
+        out,
+        "--no-dense",
+        "--budget",
+        "1024",
+        "--max-new-tokens",
+        "2",
+        "--boundaries",
+        boundaries,
+    )
     assert code == 0
     assert [c.share_boundaries for c in configured] == [shared]
     assert json.loads(out.read_text())["boundaries"] == boundaries

@@ -12,9 +12,16 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
 
 COMMON = dict(
-    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-    bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
 )
 ARCHS = {
     "llama": lambda: transformers.LlamaConfig(**COMMON),
@@ -22,11 +29,18 @@ ARCHS = {
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=16),
     "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=48),
     "gemma2": lambda: transformers.Gemma2Config(
-        **COMMON, head_dim=16, sliding_window=24, attn_logit_softcapping=20.0,
-        final_logit_softcapping=30.0, query_pre_attn_scalar=24,
+        **COMMON,
+        head_dim=16,
+        sliding_window=24,
+        attn_logit_softcapping=20.0,
+        final_logit_softcapping=30.0,
+        query_pre_attn_scalar=24,
     ),
     "gemma3": lambda: transformers.Gemma3TextConfig(
-        **COMMON, head_dim=16, sliding_window=24, sliding_window_pattern=2,
+        **COMMON,
+        head_dim=16,
+        sliding_window=24,
+        sliding_window_pattern=2,
         query_pre_attn_scalar=24,
     ),
     "phi3": lambda: transformers.Phi3Config(**COMMON),
@@ -52,8 +66,13 @@ def tiny_model(arch, seed=0):
 def greedy(model, ids, steps=20, **kwargs):
     with torch.no_grad():
         out = model.generate(
-            ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True,
-            return_dict_in_generate=True, **kwargs,
+            ids,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **kwargs,
         )
     return out.sequences, torch.stack(out.logits, dim=1)
 
@@ -134,8 +153,9 @@ def test_dense_decode_attends_every_key_after_a_sparse_prefill():
             return model(token, past_key_values=cache, use_cache=True).logits
 
     want = next_logits(None)
-    torch.testing.assert_close(next_logits(SMALL.replace(sparse_decode=False)), want,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        next_logits(SMALL.replace(sparse_decode=False)), want, rtol=1e-5, atol=1e-5
+    )
     assert (next_logits(SMALL) - want).abs().max() > 1e-3
 
 

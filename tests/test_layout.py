@@ -24,13 +24,20 @@ def test_merge_padded_rows_matches_a_union_of_key_sets(rng):
     got_s, got_e = merge_padded_rows(starts, ends, k_len)
     assert got_s.shape == (rows, width)
     for r in range(rows):
-        keys = {t for s, e in zip(starts[r].tolist(), ends[r].tolist())
-                for t in range(max(s, 0), min(e, k_len))}
-        spans = [(s, e) for s, e in zip(got_s[r].tolist(), got_e[r].tolist()) if e > s]
+        keys = {
+            t
+            for s, e in zip(starts[r].tolist(), ends[r].tolist(), strict=False)
+            for t in range(max(s, 0), min(e, k_len))
+        }
+        spans = [
+            (s, e) for s, e in zip(got_s[r].tolist(), got_e[r].tolist(), strict=False) if e > s
+        ]
         n = len(spans)
         assert got_s[r, n:].eq(k_len + 1).all() and got_e[r, n:].eq(k_len + 1).all()
         assert {t for s, e in spans for t in range(s, e)} == keys
-        assert all(e0 < s1 for (_, e0), (s1, _) in zip(spans, spans[1:])), "merged runs apart"
+        assert all(e0 < s1 for (_, e0), (s1, _) in zip(spans, spans[1:], strict=False)), (
+            "merged runs apart"
+        )
     counts, s, e, _ = merge_padded(starts, ends, k_len)
     keep = got_e > got_s
     assert torch.equal(counts, keep.sum(1))
@@ -43,15 +50,23 @@ def test_merge_padded_keeps_biased_spans_separate():
     bias = torch.tensor([[1.5, -2.0]])
     counts, s, e, b = merge_padded(starts, ends, 16, bias)
     assert counts.tolist() == [2]
-    assert list(zip(s.tolist(), e.tolist(), b.tolist())) == [(0, 4, -2.0), (4, 8, 1.5)]
+    assert list(zip(s.tolist(), e.tolist(), b.tolist(), strict=False)) == [
+        (0, 4, -2.0),
+        (4, 8, 1.5),
+    ]
 
 
 def random_layout(generator, batch=2, kv_heads=3, q_len=37, k_len=50, query_block=8, window=None):
     rows = batch * kv_heads * -(-q_len // query_block)
     mask = torch.rand(rows, k_len, generator=generator) < 0.4
     return Layout.from_key_mask(
-        mask, batch=batch, kv_heads=kv_heads, q_len=q_len, k_len=k_len,
-        query_block=query_block, sliding_window=window,
+        mask,
+        batch=batch,
+        kv_heads=kv_heads,
+        q_len=q_len,
+        k_len=k_len,
+        query_block=query_block,
+        sliding_window=window,
     ), mask
 
 
@@ -80,20 +95,26 @@ def test_num_selected_and_density_agree_with_dense_mask(rng, window):
 def test_validate_rejects_overlapping_and_out_of_range_spans():
     good = dict(batch=1, kv_heads=1, q_len=4, k_len=10, query_block=4)
     overlapping = Layout(
-        offsets=torch.tensor([0, 2]), starts=torch.tensor([0, 3], dtype=torch.int32),
-        ends=torch.tensor([5, 6], dtype=torch.int32), **good,
+        offsets=torch.tensor([0, 2]),
+        starts=torch.tensor([0, 3], dtype=torch.int32),
+        ends=torch.tensor([5, 6], dtype=torch.int32),
+        **good,
     )
     with pytest.raises(ValueError, match="sorted and disjoint"):
         overlapping.validate()
     outside = Layout(
-        offsets=torch.tensor([0, 1]), starts=torch.tensor([0], dtype=torch.int32),
-        ends=torch.tensor([11], dtype=torch.int32), **good,
+        offsets=torch.tensor([0, 1]),
+        starts=torch.tensor([0], dtype=torch.int32),
+        ends=torch.tensor([11], dtype=torch.int32),
+        **good,
     )
     with pytest.raises(ValueError, match="k_len"):
         outside.validate()
     wrong_rows = Layout(
-        offsets=torch.tensor([0, 0, 0]), starts=torch.zeros(0, dtype=torch.int32),
-        ends=torch.zeros(0, dtype=torch.int32), **good,
+        offsets=torch.tensor([0, 0, 0]),
+        starts=torch.zeros(0, dtype=torch.int32),
+        ends=torch.zeros(0, dtype=torch.int32),
+        **good,
     )
     with pytest.raises(ValueError, match="rows"):
         wrong_rows.validate()
@@ -101,20 +122,42 @@ def test_validate_rejects_overlapping_and_out_of_range_spans():
 
 def test_key_bias_spreads_span_bias_over_its_keys():
     layout = Layout(
-        offsets=torch.tensor([0, 2]), starts=torch.tensor([1, 5], dtype=torch.int32),
-        ends=torch.tensor([3, 6], dtype=torch.int32), batch=1, kv_heads=1, q_len=2, k_len=8,
-        query_block=2, span_bias=torch.tensor([0.5, -1.0]),
+        offsets=torch.tensor([0, 2]),
+        starts=torch.tensor([1, 5], dtype=torch.int32),
+        ends=torch.tensor([3, 6], dtype=torch.int32),
+        batch=1,
+        kv_heads=1,
+        q_len=2,
+        k_len=8,
+        query_block=2,
+        span_bias=torch.tensor([0.5, -1.0]),
     )
     assert layout.key_bias()[0].tolist() == [0, 0.5, 0.5, 0, 0, -1.0, 0, 0]
 
 
 def test_from_counts_builds_row_major_layouts_and_checks_the_row_count():
     starts, ends = torch.tensor([0, 5, 2]), torch.tensor([3, 9, 4])
-    layout = Layout.from_counts(torch.tensor([2, 0, 1]), starts, ends, batch=1, kv_heads=1,
-                                q_len=12, k_len=12, query_block=4)
+    layout = Layout.from_counts(
+        torch.tensor([2, 0, 1]),
+        starts,
+        ends,
+        batch=1,
+        kv_heads=1,
+        q_len=12,
+        k_len=12,
+        query_block=4,
+    )
     layout.validate()
     assert layout.spans(0, 0, 0) == [(0, 3), (5, 9)]
     assert layout.spans(0, 0, 1) == [] and layout.spans(0, 0, 2) == [(2, 4)]
     with pytest.raises(ValueError, match="counts has 2 rows, the geometry 3"):
-        Layout.from_counts(torch.tensor([2, 1]), starts, ends, batch=1, kv_heads=1, q_len=12,
-                           k_len=12, query_block=4)
+        Layout.from_counts(
+            torch.tensor([2, 1]),
+            starts,
+            ends,
+            batch=1,
+            kv_heads=1,
+            q_len=12,
+            k_len=12,
+            query_block=4,
+        )

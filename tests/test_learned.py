@@ -111,8 +111,15 @@ def test_training_resumes_from_its_checkpoint(rng, tmp_path):
 
 def test_training_loss_falls(rng, tmp_path):
     checkpoint = tmp_path / "run.ckpt"
-    train_predictor(_topic_examples(rng, 6), steps=200, batch=64, lr=3e-3, progress=False,
-                    checkpoint=checkpoint, checkpoint_every=50)
+    train_predictor(
+        _topic_examples(rng, 6),
+        steps=200,
+        batch=64,
+        lr=3e-3,
+        progress=False,
+        checkpoint=checkpoint,
+        checkpoint_every=50,
+    )
     history = checkpoint_history(checkpoint)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
 
@@ -122,8 +129,7 @@ def test_checkpoint_of_another_predictor_shape_is_refused(rng, tmp_path):
     checkpoint = tmp_path / "run.ckpt"
     train_predictor(examples, window=4, steps=2, batch=8, progress=False, checkpoint=checkpoint)
     with pytest.raises(ValueError, match="--restart"):
-        train_predictor(examples, window=3, steps=4, batch=8, progress=False,
-                        checkpoint=checkpoint)
+        train_predictor(examples, window=3, steps=4, batch=8, progress=False, checkpoint=checkpoint)
 
 
 def test_best_f1_threshold_picks_the_best_cut_of_the_ranking(rng):
@@ -159,8 +165,14 @@ def test_config_loads_the_predictor_and_selects(rng, tmp_path):
     save_predictor(BoundaryPredictor(16, window=2, heads=2, hidden=32), path, {"model": "test"})
     assert load_predictor(path).window == 2
     config = dhsa.DHSAConfig(
-        chunker="learned", predictor=str(path), budget=64, sink=4, local=8, query_block=16,
-        min_chunk=4, max_chunk=32,
+        chunker="learned",
+        predictor=str(path),
+        budget=64,
+        sink=4,
+        local=8,
+        query_block=16,
+        min_chunk=4,
+        max_chunk=32,
     )
     q = torch.randn(1, 4, 150, 16, generator=rng)
     k = torch.randn(1, 2, 150, 16, generator=rng)
@@ -213,8 +225,20 @@ def test_train_predictor_command_relabels_when_settings_change(rng, tmp_path, mo
     text.write_text("some text")
     out = tmp_path / "p.pt"
     args = argparse.Namespace(
-        model="m", out=str(out), text=str(text), length=40, slices=3, layers="0,2", window=4,
-        ratio=2.0, steps=3, batch=8, lr=1e-3, seed=0, restart=False, no_progress=True,
+        model="m",
+        out=str(out),
+        text=str(text),
+        length=40,
+        slices=3,
+        layers="0,2",
+        window=4,
+        ratio=2.0,
+        steps=3,
+        batch=8,
+        lr=1e-3,
+        seed=0,
+        restart=False,
+        no_progress=True,
     )
     assert command.run(args) == 0
     meta = torch.load(out, weights_only=True)["meta"]

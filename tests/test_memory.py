@@ -16,6 +16,7 @@ def test_sparse_attention_peak_memory_is_far_below_one_score_matrix():
     v = torch.randn(1, 1, length, 64, generator=generator)
     config = dhsa.DHSAConfig(budget=2048, min_length=0)
     score_matrix = length * length * 4
-    used = peak_extra_memory(lambda: dhsa.sparse_attention(q, k, v, config, backend="torch"),
-                             torch.device("cpu"))
+    used = peak_extra_memory(
+        lambda: dhsa.sparse_attention(q, k, v, config, backend="torch"), torch.device("cpu")
+    )
     assert 0 < used < score_matrix / 8, f"{used / 2**20:.0f} MiB"

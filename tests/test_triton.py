@@ -93,8 +93,14 @@ def random_spans_layout(generator, *, batch, kv_heads, q_len, k_len, query_block
     ends = torch.where(keep[:, None], ends, starts)
     span_bias = torch.randn(starts.shape, generator=generator) if bias else None
     return Layout.from_padded(
-        starts, ends, batch=batch, kv_heads=kv_heads, q_len=q_len, k_len=k_len,
-        query_block=query_block, bias=span_bias,
+        starts,
+        ends,
+        batch=batch,
+        kv_heads=kv_heads,
+        q_len=q_len,
+        k_len=k_len,
+        query_block=query_block,
+        bias=span_bias,
     )
 
 
@@ -130,8 +136,14 @@ def test_query_blocks_without_keys_output_zero(rng):
     q, k, v = to_device(*make_qkv(1, 2, 1, 40, 40, 64, rng), dtype=torch.float32)
     # Row 0 has no span; row 1's only span lies after all its queries (causally invisible).
     layout = Layout.from_row_spans(
-        torch.tensor([1, 2]), torch.tensor([35, 0]), torch.tensor([40, 40]),
-        batch=1, kv_heads=1, q_len=40, k_len=40, query_block=16,
+        torch.tensor([1, 2]),
+        torch.tensor([35, 0]),
+        torch.tensor([40, 40]),
+        batch=1,
+        kv_heads=1,
+        q_len=40,
+        k_len=40,
+        query_block=16,
     )
     layout = move_layout(layout, DEVICE)
     out = launch_prefill(q, k, v, layout, scale=0.125, softcap=None, out=poisoned(q))
@@ -154,7 +166,13 @@ def test_decode_matches_reference(rng, window, softcap, bias):
     q, k, v = to_device(*make_qkv(batch, 4, 2, 1, k_len, 64, rng), dtype=torch.float16)
     if bias:
         layout = random_spans_layout(
-            rng, batch=batch, kv_heads=2, q_len=1, k_len=k_len, query_block=16, bias=True,
+            rng,
+            batch=batch,
+            kv_heads=2,
+            q_len=1,
+            k_len=k_len,
+            query_block=16,
+            bias=True,
             empty=0.2,
         )
         layout = move_layout(dataclasses.replace(layout, sliding_window=window), DEVICE)
@@ -220,8 +238,9 @@ def test_decode_fill_kernel_matches_the_torch_fill(rng, norm, budget):
         assert int((got[1] - got[0]).clamp(min=0).sum(-1).min()) == min(budget, now)
 
 
-def greedy_both_ways(q, k, config, *, norm="sqrt", window=None, tile_elements=1 << 24, scale=1.0,
-                     ways=(False, True)):
+def greedy_both_ways(
+    q, k, config, *, norm="sqrt", window=None, tile_elements=1 << 24, scale=1.0, ways=(False, True)
+):
     """The prefill fill of ``dhsa`` chunks by the torch tensor steps and by the Triton kernel."""
     from dhsa.chunking import compute_boundaries, fixed_boundaries
     from dhsa.methods.greedy import greedy_layout
@@ -233,27 +252,42 @@ def greedy_both_ways(q, k, config, *, norm="sqrt", window=None, tile_elements=1 
         bounds = compute_boundaries(k, config)
     else:
         bounds = fixed_boundaries(k.shape[0], k_len, config.chunk_size, k.device)
-    regions = block_regions(q_len, k_len, config.query_block, config.sink, config.local, window,
-                            k.device)
+    regions = block_regions(
+        q_len, k_len, config.query_block, config.sink, config.local, window, k.device
+    )
     q_rep = query_block_representations(q, k.shape[1], config.query_block, norm) * scale
     k_rep = chunk_representations(k, bounds, norm) * scale
     return [
-        greedy_layout(q_rep, k_rep, bounds, regions, budget=config.budget, q_len=q_len,
-                      k_len=k_len, query_block=config.query_block, sliding_window=window,
-                      tile_elements=tile_elements, use_triton=use_triton)
+        greedy_layout(
+            q_rep,
+            k_rep,
+            bounds,
+            regions,
+            budget=config.budget,
+            q_len=q_len,
+            k_len=k_len,
+            query_block=config.query_block,
+            sliding_window=window,
+            tile_elements=tile_elements,
+            use_triton=use_triton,
+        )
         for use_triton in ways
     ]
 
 
-@pytest.mark.parametrize("norm, budget, window, q_len, tile", [
-    ("sqrt", 64, None, 333, 1 << 24),
-    ("sqrt", 160, None, 333, 700),  # several tiles of query blocks
-    ("mean", 96, None, 150, 1 << 24),  # queries after a cached prefix
-    ("sqrt", 96, 120, 333, 1 << 24),  # sliding window
-    ("sqrt", 4096, None, 333, 1 << 24),  # the budget covers every key
-])
-def test_prefill_fill_kernel_keeps_the_keys_of_the_torch_fill(rng, norm, budget, window, q_len,
-                                                              tile):
+@pytest.mark.parametrize(
+    "norm, budget, window, q_len, tile",
+    [
+        ("sqrt", 64, None, 333, 1 << 24),
+        ("sqrt", 160, None, 333, 700),  # several tiles of query blocks
+        ("mean", 96, None, 150, 1 << 24),  # queries after a cached prefix
+        ("sqrt", 96, 120, 333, 1 << 24),  # sliding window
+        ("sqrt", 4096, None, 333, 1 << 24),  # the budget covers every key
+    ],
+)
+def test_prefill_fill_kernel_keeps_the_keys_of_the_torch_fill(
+    rng, norm, budget, window, q_len, tile
+):
     config = dhsa.DHSAConfig(**dict(SMALL, budget=budget, chunk_size=16))
     q = torch.randn(2, 6, q_len, 32, generator=rng).to(DEVICE)
     k = torch.randn(2, 2, 333, 32, generator=rng).to(DEVICE)

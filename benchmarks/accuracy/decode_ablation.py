@@ -48,9 +48,18 @@ def main(model_name: str, length: int, budget: int, samples: int, out: Path) -> 
             if r.get("type") == "cell":
                 done.add((r["index"], r["depth"], r["variant"]))
     with out.open("a") as f:
-        f.write(json.dumps({"type": "run", "command": " ".join(sys.argv), "date": now(),
-                            "device": describe_device("cpu"), "versions": library_versions()})
-                + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "type": "run",
+                    "command": " ".join(sys.argv),
+                    "date": now(),
+                    "device": describe_device("cpu"),
+                    "versions": library_versions(),
+                }
+            )
+            + "\n"
+        )
         for index in range(samples):
             for depth in DEPTHS:
                 sample = niah_cell_sample(length, index, depth, count, essays)
@@ -59,14 +68,27 @@ def main(model_name: str, length: int, budget: int, samples: int, out: Path) -> 
                         continue
                     hf._attend = attend
                     try:
-                        answer = answer_cell(model, tokenizer, sample, Contender("dhsa", budget),
-                                             DHSAConfig(min_length=0))
+                        answer = answer_cell(
+                            model,
+                            tokenizer,
+                            sample,
+                            Contender("dhsa", budget),
+                            DHSAConfig(min_length=0),
+                        )
                     finally:
                         hf._attend = sparse_attend
-                    record = {"type": "cell", "model": model_name, "length": length,
-                              "budget": budget, "index": index, "depth": depth, "variant": name,
-                              "score": answer["score"], "reply": answer["reply"],
-                              "answers": answer["answers"]}
+                    record = {
+                        "type": "cell",
+                        "model": model_name,
+                        "length": length,
+                        "budget": budget,
+                        "index": index,
+                        "depth": depth,
+                        "variant": name,
+                        "score": answer["score"],
+                        "reply": answer["reply"],
+                        "answers": answer["answers"],
+                    }
                     f.write(json.dumps(record) + "\n")
                     f.flush()
                     print(json.dumps(record), flush=True)

@@ -42,7 +42,7 @@ def main(model_name: str, length: int, budget: int, index: int, depth: float) ->
         _, config = binding.plan(layer)
         chunks = binding.session._chunks[(layer, row)]
         starts, ends = chunks.fill(q, config, use_triton=False)
-        spans = list(zip(starts[0, 0].tolist(), ends[0, 0].tolist()))
+        spans = list(zip(starts[0, 0].tolist(), ends[0, 0].tolist(), strict=False))
         kept = sum(any(a <= p < b for a, b in spans) for p in needle)
         group = q.shape[1] // k.shape[1]
         logits = (q[0, :, 0] @ k[0].repeat_interleave(group, 0).transpose(-1, -2)) * scale
@@ -51,15 +51,27 @@ def main(model_name: str, length: int, budget: int, index: int, depth: float) ->
         mass = torch.softmax(logits.float(), -1)[..., needle].sum(-1).max()
         lo, hi = chunks.lo[0].tolist(), chunks.hi[0].tolist()
         scores = chunks.table[0, 0] @ q[0, :group, 0].float().mean(0)
-        holding = sorted({next(c for c, (a, b) in enumerate(zip(lo, hi)) if a <= p < b)
-                          for p in needle})
-        print(json.dumps({
-            "layer": layer, "keys": k.shape[2], "value_tokens_kept": kept, "of": len(needle),
-            "max_head_mass_on_value": round(float(mass), 3),
-            "chunks": [[lo[c], min(hi[c], k.shape[2])] for c in holding],
-            "ranks": [int((scores > scores[c]).sum()) for c in holding],
-            "closed_chunks": sum(b > a for a, b in zip(lo[:-1], hi[:-1])),
-        }), flush=True)
+        holding = sorted(
+            {
+                next(c for c, (a, b) in enumerate(zip(lo, hi, strict=False)) if a <= p < b)
+                for p in needle
+            }
+        )
+        print(
+            json.dumps(
+                {
+                    "layer": layer,
+                    "keys": k.shape[2],
+                    "value_tokens_kept": kept,
+                    "of": len(needle),
+                    "max_head_mass_on_value": round(float(mass), 3),
+                    "chunks": [[lo[c], min(hi[c], k.shape[2])] for c in holding],
+                    "ranks": [int((scores > scores[c]).sum()) for c in holding],
+                    "closed_chunks": sum(b > a for a, b in zip(lo[:-1], hi[:-1], strict=False)),
+                }
+            ),
+            flush=True,
+        )
         return out
 
     hf._attend = traced

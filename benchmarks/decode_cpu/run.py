@@ -90,7 +90,10 @@ def check_against_reference(q, k, v, layout, scale: float) -> float:
 def dense_run(q, k, v, length, args, scale) -> dict:
     def dense_step(pos: int) -> None:
         F.scaled_dot_product_attention(
-            q[:, :, pos : pos + 1], k[:, :, : pos + 1], v[:, :, : pos + 1], scale=scale,
+            q[:, :, pos : pos + 1],
+            k[:, :, : pos + 1],
+            v[:, :, : pos + 1],
+            scale=scale,
             enable_gqa=True,
         )
 
@@ -121,12 +124,19 @@ def sparse_runs(q, k, v, length, budget, args, scale) -> list[dict]:
     times = time_steps(sparse_step, length + 1, args.steps, args.warmup)
     keys = [float((e - s).clamp(min=0).sum(-1).float().mean()) for s, e in selected]
     chunks = session.boundaries(0).shape[1] - 1
-    runs = [{
-        "method": "dhsa", "length": length, "budget": budget, **summary(times),
-        "max_abs_error_vs_reference": error,
-        "mean_keys_per_query": statistics.fmean(keys), "chunks_at_end": chunks,
-    }]
+    runs = [
+        {
+            "method": "dhsa",
+            "length": length,
+            "budget": budget,
+            **summary(times),
+            "max_abs_error_vs_reference": error,
+            "mean_keys_per_query": statistics.fmean(keys),
+            "chunks_at_end": chunks,
+        }
+    ]
     if args.fresh:
+
         def fresh_step(p: int) -> None:
             qs, ks, vs = q[:, :, p : p + 1], k[:, :, : p + 1], v[:, :, : p + 1]
             lay = dhsa.select(qs, ks, config, method="dhsa", scale=scale)
@@ -143,13 +153,20 @@ def main() -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--steps", type=int, default=64, help="timed decode steps per run")
     parser.add_argument("--warmup", type=int, default=8, help="untimed decode steps per run")
-    parser.add_argument("--fresh", action="store_true",
-                        help="also time selection from scratch per token (dhsa_fresh)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="also time selection from scratch per token (dhsa_fresh)",
+    )
     parser.add_argument("--fresh-steps", type=int, default=8)
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared machine, two threads "
-                        "wait on each other whenever another process holds a core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine, two threads "
+        "wait on each other whenever another process holds a core)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scale = SHAPE["head_dim"] ** -0.5
@@ -159,13 +176,18 @@ def main() -> int:
         q, k, v = make_cache(length + args.warmup + args.steps + 1, seed=length)
         with torch.no_grad():
             runs.append(dense_run(q, k, v, length, args, scale))
-            print(f"{'dense':>10} L={length:>6} {'':>11} {runs[-1]['median_ms']:8.3f} ms/token",
-                  flush=True)
+            print(
+                f"{'dense':>10} L={length:>6} {'':>11} {runs[-1]['median_ms']:8.3f} ms/token",
+                flush=True,
+            )
             for budget in args.budgets:
                 for run in sparse_runs(q, k, v, length, budget, args, scale):
                     runs.append(run)
-                    print(f"{run['method']:>10} L={length:>6} budget={budget:>5} "
-                          f"{run['median_ms']:8.3f} ms/token", flush=True)
+                    print(
+                        f"{run['method']:>10} L={length:>6} budget={budget:>5} "
+                        f"{run['median_ms']:8.3f} ms/token",
+                        flush=True,
+                    )
     record = {
         "command": " ".join(["python", *sys.argv]),
         "device": f"cpu: {platform.processor() or platform.machine()}, "
@@ -175,8 +197,14 @@ def main() -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "shape": SHAPE,
-        "config": {"sink": 64, "local": 128, "query_block": 64, "chunker": "similarity",
-                   "min_chunk": 8, "max_chunk": 128},
+        "config": {
+            "sink": 64,
+            "local": 128,
+            "query_block": 64,
+            "chunker": "similarity",
+            "min_chunk": 8,
+            "max_chunk": 128,
+        },
         "runs": runs,
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")

@@ -47,8 +47,10 @@ def main(length=131072, steps=40, budget=2048):
     starts, ends = chunks.fill(q, config)
     keys, values = k[:, :, :n], v[:, :, :n]
     print(f"fill alone {timed(lambda: chunks.fill(q, config)):.3f} ms")
-    print(f"follows check {timed(lambda: chunks.follows(k[:, :, :n + 1])):.3f} ms")
-    print(f"attend_decode alone {timed(lambda: attend_decode(q, keys, values, starts, ends)):.3f} ms")
+    print(f"follows check {timed(lambda: chunks.follows(k[:, :, : n + 1])):.3f} ms")
+    print(
+        f"attend_decode alone {timed(lambda: attend_decode(q, keys, values, starts, ends)):.3f} ms"
+    )
     print(f"chunks {chunks.closed}, table {tuple(chunks.table.shape)}, spans {tuple(starts.shape)}")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(10):

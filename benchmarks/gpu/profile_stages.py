@@ -36,9 +36,18 @@ k_rep = chunk_representations(k, bounds, "sqrt")
 
 
 def fill(use_triton=None):
-    return greedy_layout(q_rep, k_rep, bounds, regions, budget=config.budget, q_len=length,
-                         k_len=length, query_block=config.query_block, sliding_window=None,
-                         use_triton=use_triton)
+    return greedy_layout(
+        q_rep,
+        k_rep,
+        bounds,
+        regions,
+        budget=config.budget,
+        q_len=length,
+        k_len=length,
+        query_block=config.query_block,
+        sliding_window=None,
+        use_triton=use_triton,
+    )
 
 
 layout = fill()

@@ -28,11 +28,21 @@ for i, layer in enumerate(layers):
         counts["similarity"].append(similarity_boundaries(keys).shape[1] - 1)
     length = stored["settings"]["length"]
     scores = evaluate(predictor, [LabelledKeys(*g[i]) for g in stored["slices"][-held_out:]])
-    rows.append({
-        "layer": layer,
-        **{k: scores[k] for k in ("positive_rate", "f1_learned", "f1_all_boundary",
-                                  "f1_fixed_spacing", "f1_similarity_shift")},
-        **{f"mean_chunk_{name}": length * len(c) / sum(c) for name, c in counts.items()},
-    })
+    rows.append(
+        {
+            "layer": layer,
+            **{
+                k: scores[k]
+                for k in (
+                    "positive_rate",
+                    "f1_learned",
+                    "f1_all_boundary",
+                    "f1_fixed_spacing",
+                    "f1_similarity_shift",
+                )
+            },
+            **{f"mean_chunk_{name}": length * len(c) / sum(c) for name, c in counts.items()},
+        }
+    )
 document = {"length": stored["settings"]["length"], "held_out_slices": held_out, "layers": rows}
 (HERE / "chunk_stats.json").write_text(json.dumps(document, indent=1) + "\n")

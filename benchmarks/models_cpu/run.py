@@ -120,10 +120,23 @@ def write_needle_prompt(key: str, tokenizer, length: int, folder: Path, haystack
 
 def run_generate(key: str, prompt: dict, args, out: Path) -> dict:
     command = [
-        str(Path(sys.executable).with_name("dhsa")), "generate", "--model", key,
-        "--prompt-file", prompt["prompt_file"], "--method", "dhsa", "--budget", str(args.budget),
-        "--max-new-tokens", str(prompt["max_new_tokens"]), "--threads", str(args.threads),
-        "--json", str(out), "--no-progress",
+        str(Path(sys.executable).with_name("dhsa")),
+        "generate",
+        "--model",
+        key,
+        "--prompt-file",
+        prompt["prompt_file"],
+        "--method",
+        "dhsa",
+        "--budget",
+        str(args.budget),
+        "--max-new-tokens",
+        str(prompt["max_new_tokens"]),
+        "--threads",
+        str(args.threads),
+        "--json",
+        str(out),
+        "--no-progress",
     ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
@@ -154,8 +167,11 @@ def run_model(key: str, args, results: Results, prompts: Path) -> None:
         return
     start = time.perf_counter()
     model, tokenizer = load_model(key, dtype=torch.float32)
-    load = {"seconds": round(time.perf_counter() - start, 2), "class": type(model).__name__,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    load = {
+        "seconds": round(time.perf_counter() - start, 2),
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     if not results.has(key, "load"):
         results.put(key, "load", load)
     text = essay_text(args.haystack)
@@ -172,12 +188,17 @@ def run_model(key: str, args, results: Results, prompts: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(NEEDLE_LENGTHS),
-                        choices=list(NEEDLE_LENGTHS))
+    parser.add_argument(
+        "--models", nargs="+", default=list(NEEDLE_LENGTHS), choices=list(NEEDLE_LENGTHS)
+    )
     parser.add_argument("--budget", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads here and in dhsa generate (default 1: this "
-                        "machine is shared, see benchmarks/decode_cpu/README.md)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads here and in dhsa generate (default 1: this "
+        "machine is shared, see benchmarks/decode_cpu/README.md)",
+    )
     parser.add_argument("--haystack", default=DEFAULT_HAYSTACK)
     parser.add_argument("--prompts", help="folder for the prompt files (default: a temp folder)")
     parser.add_argument("--force", action="store_true", help="redo stages already recorded")
@@ -185,11 +206,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Results(Path(args.out), args.force)
-    results.data.update({
-        "last_command": " ".join(["python", *sys.argv]),
-        "device": f"cpu: {platform.processor() or platform.machine()}, {args.threads} threads",
-        "torch": torch.__version__,
-    })
+    results.data.update(
+        {
+            "last_command": " ".join(["python", *sys.argv]),
+            "device": f"cpu: {platform.processor() or platform.machine()}, {args.threads} threads",
+            "torch": torch.__version__,
+        }
+    )
     prompts = Path(args.prompts or tempfile.mkdtemp(prefix="dhsa-models-cpu-"))
     prompts.mkdir(parents=True, exist_ok=True)
     for key in args.models:

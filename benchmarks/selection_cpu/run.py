@@ -55,7 +55,7 @@ def main() -> int:
         q, k = make_inputs(length, length, args)
         for method in args.methods:
             timing = time_call(
-                lambda m=method: dhsa.select(q, k, config, method=m),
+                lambda m=method, q=q, k=k: dhsa.select(q, k, config, method=m),
                 q.device,
                 repeats=args.repeats,
                 warmup=1,
@@ -64,20 +64,35 @@ def main() -> int:
             run = {"method": method, "length": length, **timing, "density": layout.density()}
             run["row_density"] = row_density_quantiles(layout)
             runs.append(run)
-            print(f"{method:>15} L={length:>6} {timing['median_ms']:9.1f} ms "
-                  f"density {run['density']:.4f}", flush=True)
+            print(
+                f"{method:>15} L={length:>6} {timing['median_ms']:9.1f} ms "
+                f"density {run['density']:.4f}",
+                flush=True,
+            )
     record = {
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else
-        f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "shape": {"batch": 1, "q_heads": args.q_heads, "kv_heads": args.kv_heads,
-                  "head_dim": args.head_dim, "dtype": args.dtype},
-        "config": {"budget": config.budget, "sink": config.sink, "local": config.local,
-                   "query_block": config.query_block, "dash_block": config.dash_block,
-                   "dash_sparsity": config.dash_sparsity, "hip_block": config.hip_block,
-                   "vs_slash_share": config.vs_slash_share},
+        "shape": {
+            "batch": 1,
+            "q_heads": args.q_heads,
+            "kv_heads": args.kv_heads,
+            "head_dim": args.head_dim,
+            "dtype": args.dtype,
+        },
+        "config": {
+            "budget": config.budget,
+            "sink": config.sink,
+            "local": config.local,
+            "query_block": config.query_block,
+            "dash_block": config.dash_block,
+            "dash_sparsity": config.dash_sparsity,
+            "hip_block": config.hip_block,
+            "vs_slash_share": config.vs_slash_share,
+        },
         "runs": runs,
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")

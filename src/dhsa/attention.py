@@ -75,7 +75,9 @@ def dense_attention(
             q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
     layout = select_dense(
-        q, k, DHSAConfig(query_block=query_block, sink=0, local=0, budget=query_block),
+        q,
+        k,
+        DHSAConfig(query_block=query_block, sink=0, local=0, budget=query_block),
         sliding_window=sliding_window,
     )
     return attend(q, k, v, layout, scale=scale, softcap=softcap)
@@ -119,14 +121,30 @@ def sparse_attention(
     get_selector(method)
     if backend == "auto" and (method == "dense" or k.shape[2] < config.dense_below(k.device)):
         return dense_attention(
-            q, k, v, scale=scale, sliding_window=sliding_window, softcap=softcap,
+            q,
+            k,
+            v,
+            scale=scale,
+            sliding_window=sliding_window,
+            softcap=softcap,
             query_block=config.query_block,
         )
     layout = select(
-        q, k, config, method=method, sliding_window=sliding_window, boundaries=boundaries,
+        q,
+        k,
+        config,
+        method=method,
+        sliding_window=sliding_window,
+        boundaries=boundaries,
         scale=scale,
     )
     return attend(
-        q, k, v, layout, scale=scale, softcap=softcap, backend=backend,
+        q,
+        k,
+        v,
+        layout,
+        scale=scale,
+        softcap=softcap,
+        backend=backend,
         tile_elements=config.tile_elements,
     )

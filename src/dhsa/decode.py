@@ -117,12 +117,12 @@ class BoundaryTracker:
         tracker.length = length
         tracker.decided = max(length - tracker.delay, 0)
         bounds = compute_boundaries(k, config).tolist()
-        for row, row_bounds in zip(tracker.closed, bounds):
+        for row, row_bounds in zip(tracker.closed, bounds, strict=False):
             row.extend(b for b in row_bounds if 0 < b <= tracker.decided and b > row[-1])
         if config.chunker != "fixed" and length > 1:
             final = max(length - tracker.window, 0)
             scores = tracker.cut_scores(k)[:, :final].tolist()
-            for stats, values in zip(tracker.stats, scores):
+            for stats, values in zip(tracker.stats, scores, strict=False):
                 stats.add(values, 1, config.min_chunk)
         return tracker
 
@@ -150,12 +150,12 @@ class BoundaryTracker:
         lo = max(first - window, 0)
         scores = self.cut_scores(k[:, :, lo : last + window])
         values = scores[:, first - lo - 1 : last - lo].tolist()
-        for stats, row_values in zip(self.stats, values):
+        for stats, row_values in zip(self.stats, values, strict=False):
             stats.add(row_values, first, self.config.min_chunk)
 
     def _decide(self, cut: int) -> None:
         config = self.config
-        for row, stats in zip(self.closed, self.stats):
+        for row, stats in zip(self.closed, self.stats, strict=False):
             since = cut - row[-1]
             if config.chunker == "fixed":
                 if since >= config.chunk_size:
@@ -201,8 +201,17 @@ class ChunkSums:
     replaced is noticed instead of silently mis-scored.
     """
 
-    def __init__(self, table: Tensor, lo: Tensor, hi: Tensor, closed: list[int], length: int,
-                 last_key: Tensor, norm: str, shortest: int) -> None:
+    def __init__(
+        self,
+        table: Tensor,
+        lo: Tensor,
+        hi: Tensor,
+        closed: list[int],
+        length: int,
+        last_key: Tensor,
+        norm: str,
+        shortest: int,
+    ) -> None:
         self.table = table
         self.lo = lo
         self.hi = hi
@@ -303,8 +312,16 @@ class ChunkSums:
             from .kernels.triton_decode_fill import fill_triton
 
             return fill_triton(
-                q, self.table, self.lo, self.hi, length=length, sink_end=sink_end,
-                window_start=window_start, remaining=remaining, width=top + 2, norm=self.norm,
+                q,
+                self.table,
+                self.lo,
+                self.hi,
+                length=length,
+                sink_end=sink_end,
+                window_start=window_start,
+                remaining=remaining,
+                width=top + 2,
+                norm=self.norm,
             )
         batch, kv_heads = self.table.shape[:2]
         scores = self.chunk_scores(q)

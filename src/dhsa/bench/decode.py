@@ -92,8 +92,11 @@ def run_decode_bench(
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(lengths) * len(batches) * (1 + len(budgets)), desc="dhsa decode bench",
-               disable=not progress)
+    bar = tqdm(
+        total=len(lengths) * len(batches) * (1 + len(budgets)),
+        desc="dhsa decode bench",
+        disable=not progress,
+    )
     for length in lengths:
         for batch in batches:
             generator = torch.Generator().manual_seed(length + batch)
@@ -104,10 +107,16 @@ def run_decode_bench(
             dense_call = functools.partial(_dense_decode, q, k[:, :, :length], v[:, :, :length])
             dense = time_call(dense_call, device_, repeats, 3)
             dense_mb = peak_extra_memory(dense_call, device_)
-            document["records"].append(dict(
-                contender="dense", length=length, batch=batch, budget=None,
-                step_ms=dense["median_ms"], peak_extra_mb=dense_mb / 2**20,
-            ))
+            document["records"].append(
+                dict(
+                    contender="dense",
+                    length=length,
+                    batch=batch,
+                    budget=None,
+                    step_ms=dense["median_ms"],
+                    peak_extra_mb=dense_mb / 2**20,
+                )
+            )
             bar.update(1)
             for budget in budgets:
                 record = decode_case(q, k, v, base.replace(budget=budget), backend, steps, repeats)

@@ -28,8 +28,9 @@ def touched_blocks(layout: Layout, block: int) -> Tensor:
     last = (layout.ends.long() - 1) // block
     counts = last - first + 1
     total = int(counts.sum())
-    span_of = torch.repeat_interleave(torch.arange(layout.nnz, device=layout.device), counts,
-                                      output_size=total)
+    span_of = torch.repeat_interleave(
+        torch.arange(layout.nnz, device=layout.device), counts, output_size=total
+    )
     step = torch.arange(total, device=layout.device) - (counts.cumsum(0) - counts)[span_of]
     touched = torch.zeros(layout.num_rows, num_blocks, dtype=torch.bool, device=layout.device)
     touched[rows[span_of], first[span_of] + step] = True
@@ -44,8 +45,14 @@ def blocks_layout(touched: Tensor, like: Layout, block: int) -> Layout:
     starts = (blocks * block).to(torch.int32)
     ends = torch.clamp((blocks + 1) * block, max=like.k_len).to(torch.int32)
     return Layout(
-        offsets=offsets, starts=starts, ends=ends, batch=like.batch, kv_heads=like.kv_heads,
-        q_len=like.q_len, k_len=like.k_len, query_block=like.query_block,
+        offsets=offsets,
+        starts=starts,
+        ends=ends,
+        batch=like.batch,
+        kv_heads=like.kv_heads,
+        q_len=like.q_len,
+        k_len=like.k_len,
+        query_block=like.query_block,
     )
 
 
@@ -79,7 +86,12 @@ def block_mask_from_layout(layout: Layout, q_heads: int):
         return q_idx + q_offset >= kv_idx
 
     mask = BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=causal,
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=block,
+        mask_mod=causal,
         seq_lengths=(layout.q_len, layout.k_len),
     )
     return mask, blocks_layout(touched, layout, block)

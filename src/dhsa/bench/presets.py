@@ -41,7 +41,12 @@ PRESETS: dict[str, BenchPreset] = {
         lengths=(8192, 16384, 32768, 65536, 131072),
         budgets=(1024, 2048, 4096),
         contenders=(
-            "dense", "dense_cudnn", "dense_flash", "dhsa", "flex_dhsa", "block_sparse",
+            "dense",
+            "dense_cudnn",
+            "dense_flash",
+            "dhsa",
+            "flex_dhsa",
+            "block_sparse",
             "streaming",
         ),
         q_heads=32,

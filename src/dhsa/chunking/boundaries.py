@@ -25,7 +25,9 @@ def split_long(bounds: Tensor, max_chunk: int) -> Tensor:
     starts = bounds[:-1]
     lengths = bounds[1:] - starts
     pieces = torch.clamp(-(-lengths // max_chunk), min=1)
-    chunk_of_piece = torch.repeat_interleave(torch.arange(len(starts), device=bounds.device), pieces)
+    chunk_of_piece = torch.repeat_interleave(
+        torch.arange(len(starts), device=bounds.device), pieces
+    )
     first_piece = torch.cumsum(pieces, 0) - pieces
     j = torch.arange(len(chunk_of_piece), device=bounds.device) - first_piece[chunk_of_piece]
     piece_starts = starts[chunk_of_piece] + (j * lengths[chunk_of_piece]) // pieces[chunk_of_piece]

@@ -13,10 +13,15 @@ from ..cli import CommandError
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(x.strip().lower().replace("k", "")) * (1024 if "k" in x.lower() else 1)
-                       for x in text.split(",") if x.strip())
+        values = tuple(
+            int(x.strip().lower().replace("k", "")) * (1024 if "k" in x.lower() else 1)
+            for x in text.split(",")
+            if x.strip()
+        )
     except ValueError as error:
-        raise CommandError(f"expected comma-separated integers (4096 or 4k), got {text!r}") from error
+        raise CommandError(
+            f"expected comma-separated integers (4096 or 4k), got {text!r}"
+        ) from error
     if not values or min(values) < 1:
         raise CommandError(f"expected positive integers, got {text!r}")
     return values
@@ -49,21 +54,35 @@ def add_parser(subparsers) -> None:
     p.add_argument("--inputs", help="recorded q/k/v (.pt with keys q, k, v) instead of random")
     p.add_argument("--chunker", choices=["similarity", "fixed", "learned"])
     p.add_argument("--predictor", help="boundary predictor file for --chunker learned")
-    p.add_argument("--triton-fill", action="store_true",
-                   help="prefill greedy fill by its Triton kernel (DHSAConfig.triton_fill)")
+    p.add_argument(
+        "--triton-fill",
+        action="store_true",
+        help="prefill greedy fill by its Triton kernel (DHSAConfig.triton_fill)",
+    )
     p.add_argument("--out", default="bench-results/bench.json", help="JSON output path")
     p.add_argument("--plot", help="PNG plot path (default: next to --out)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--decode", action="store_true",
-                      help="time one new query per sequence (decode) instead of prefill")
-    mode.add_argument("--model", choices=sorted(MODEL_SIZES),
-                      help="time a whole model of this size (random weights): time to first "
-                      "token, peak memory and decode tokens/s, dense vs the sparse --methods")
-    p.add_argument("--batches", default="1",
-                   help="with --decode: comma-separated batch sizes (default 1)")
-    p.add_argument("--decode-tokens", type=int, default=16,
-                   help="with --decode / --model: tokens decoded per case (default 16)")
+    mode.add_argument(
+        "--decode",
+        action="store_true",
+        help="time one new query per sequence (decode) instead of prefill",
+    )
+    mode.add_argument(
+        "--model",
+        choices=sorted(MODEL_SIZES),
+        help="time a whole model of this size (random weights): time to first "
+        "token, peak memory and decode tokens/s, dense vs the sparse --methods",
+    )
+    p.add_argument(
+        "--batches", default="1", help="with --decode: comma-separated batch sizes (default 1)"
+    )
+    p.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=16,
+        help="with --decode / --model: tokens decoded per case (default 16)",
+    )
     p.set_defaults(run=run)
 
 
@@ -89,8 +108,10 @@ def _preset_from_args(args):
 
 
 def print_table(document: dict) -> None:
-    header = f"{'length':>7} {'contender':<16} {'budget':>6} {'ms':>10} {'MB':>8} " \
-             f"{'density':>7} {'speedup':>7} {'ideal':>5} {'check':>5}"
+    header = (
+        f"{'length':>7} {'contender':<16} {'budget':>6} {'ms':>10} {'MB':>8} "
+        f"{'density':>7} {'speedup':>7} {'ideal':>5} {'check':>5}"
+    )
     print(header)
     for r in document["records"]:
         speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
@@ -106,20 +127,34 @@ def run_decode(args, preset, config) -> int:
     from ..bench.decode import run_decode_bench
 
     document = run_decode_bench(
-        lengths=preset.lengths, budgets=preset.budgets, batches=_ints(args.batches),
-        q_heads=preset.q_heads, kv_heads=preset.kv_heads, head_dim=preset.head_dim,
-        dtype=preset.dtype, device=preset.device, out_path=args.out, command=args.command_line,
-        backend=args.backend, steps=args.decode_tokens, repeats=preset.repeats, config=config,
+        lengths=preset.lengths,
+        budgets=preset.budgets,
+        batches=_ints(args.batches),
+        q_heads=preset.q_heads,
+        kv_heads=preset.kv_heads,
+        head_dim=preset.head_dim,
+        dtype=preset.dtype,
+        device=preset.device,
+        out_path=args.out,
+        command=args.command_line,
+        backend=args.backend,
+        steps=args.decode_tokens,
+        repeats=preset.repeats,
+        config=config,
         progress=not args.no_progress,
     )
-    print(f"{'length':>7} {'batch':>5} {'contender':<8} {'budget':>6} {'ms/token':>9} "
-          f"{'attend ms':>9} {'speedup':>7} {'check':>5}")
+    print(
+        f"{'length':>7} {'batch':>5} {'contender':<8} {'budget':>6} {'ms/token':>9} "
+        f"{'attend ms':>9} {'speedup':>7} {'check':>5}"
+    )
     for r in document["records"]:
         speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
         attend_ms = f"{r['attend_ms']:.3f}" if "attend_ms" in r else ""
         check = "ok" if r.get("check_passed", True) else "FAIL"
-        print(f"{r['length']:>7} {r['batch']:>5} {r['contender']:<8} {r['budget'] or '-':>6} "
-              f"{r['step_ms']:>9.3f} {attend_ms:>9} {speedup:>7} {check:>5}")
+        print(
+            f"{r['length']:>7} {r['batch']:>5} {r['contender']:<8} {r['budget'] or '-':>6} "
+            f"{r['step_ms']:>9.3f} {attend_ms:>9} {speedup:>7} {check:>5}"
+        )
     print(f"results: {args.out}")
     return 0 if all(r.get("check_passed", True) for r in document["records"]) else 1
 
@@ -129,17 +164,27 @@ def run_model(args, preset, config) -> int:
 
     methods = ("dense",) + tuple(m for m in preset.contenders if not m.startswith("dense"))
     document = run_model_bench(
-        size=args.model, lengths=preset.lengths, methods=methods,
-        config=config.replace(budget=preset.budgets[0]), device=preset.device,
-        dtype=preset.dtype, out_path=args.out, command=args.command_line,
-        decode_tokens=args.decode_tokens, progress=not args.no_progress,
+        size=args.model,
+        lengths=preset.lengths,
+        methods=methods,
+        config=config.replace(budget=preset.budgets[0]),
+        device=preset.device,
+        dtype=preset.dtype,
+        out_path=args.out,
+        command=args.command_line,
+        decode_tokens=args.decode_tokens,
+        progress=not args.no_progress,
     )
-    print(f"{'length':>7} {'method':<14} {'TTFT ms':>9} {'peak MB':>9} {'decode tok/s':>12} "
-          f"{'TTFT speedup':>12}")
+    print(
+        f"{'length':>7} {'method':<14} {'TTFT ms':>9} {'peak MB':>9} {'decode tok/s':>12} "
+        f"{'TTFT speedup':>12}"
+    )
     for r in document["records"]:
         speedup = f"{r['ttft_speedup']:.2f}x" if "ttft_speedup" in r else ""
-        print(f"{r['length']:>7} {r['method']:<14} {r['ttft_ms']:>9.1f} {r['peak_mb']:>9.0f} "
-              f"{r['decode_tokens_per_s']:>12.1f} {speedup:>12}")
+        print(
+            f"{r['length']:>7} {r['method']:<14} {r['ttft_ms']:>9.1f} {r['peak_mb']:>9.0f} "
+            f"{r['decode_tokens_per_s']:>12.1f} {speedup:>12}"
+        )
     print(f"results: {args.out}")
     return 0
 

@@ -21,16 +21,34 @@ def add_parser(subparsers) -> None:
         "runs with different --chunker can share one --out file.",
     )
     add_model_options(p, "benchmarks/accuracy/fidelity.jsonl", decode=False)
-    p.add_argument("--length", "--lengths", dest="lengths", default="4k",
-                   help="comma-separated prompt lengths in tokens (default %(default)s)")
-    p.add_argument("--methods", default="dhsa,block_sparse,streaming",
-                   help="comma-separated methods (default %(default)s)")
-    p.add_argument("--budget", "--budgets", dest="budgets", default="1024,2048",
-                   help="comma-separated token budgets (default %(default)s)")
-    p.add_argument("--samples", type=int, default=2,
-                   help="prompts per length (default %(default)s)")
-    p.add_argument("--max-query-blocks", type=int, default=32,
-                   help="query blocks evaluated per layer, evenly spaced (default %(default)s)")
+    p.add_argument(
+        "--length",
+        "--lengths",
+        dest="lengths",
+        default="4k",
+        help="comma-separated prompt lengths in tokens (default %(default)s)",
+    )
+    p.add_argument(
+        "--methods",
+        default="dhsa,block_sparse,streaming",
+        help="comma-separated methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budgets",
+        default="1024,2048",
+        help="comma-separated token budgets (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=2, help="prompts per length (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-query-blocks",
+        type=int,
+        default=32,
+        help="query blocks evaluated per layer, evenly spaced (default %(default)s)",
+    )
     p.set_defaults(run=run)
 
 
@@ -63,10 +81,20 @@ def run(args) -> int:
     count = token_counter(tokenizer)
     name = model_label(args.model)
     store.start_run(
-        kind="fidelity", command=args.command_line, device=describe_device(args.device),
-        model=args.model, dtype=args.dtype, lengths=lengths, methods=methods, budgets=budgets,
-        samples=args.samples, seed=args.seed, chunker=args.chunker, predictor=args.predictor,
-        boundaries=args.boundaries, max_query_blocks=args.max_query_blocks,
+        kind="fidelity",
+        command=args.command_line,
+        device=describe_device(args.device),
+        model=args.model,
+        dtype=args.dtype,
+        lengths=lengths,
+        methods=methods,
+        budgets=budgets,
+        samples=args.samples,
+        seed=args.seed,
+        chunker=args.chunker,
+        predictor=args.predictor,
+        boundaries=args.boundaries,
+        max_query_blocks=args.max_query_blocks,
     )
     config = base_config(args)
     label = {
@@ -75,8 +103,13 @@ def run(args) -> int:
     }
     passes = [(n, b, i) for n in sorted(lengths) for b in budgets for i in range(args.samples)]
     for length, budget, index in tqdm(passes, disable=args.no_progress, desc="prefills"):
-        base = {"model": name, "seed": args.seed, "length": length, "budget": budget,
-                "index": index}
+        base = {
+            "model": name,
+            "seed": args.seed,
+            "length": length,
+            "budget": budget,
+            "index": index,
+        }
         if store.done({**base, "layer": 0, "method": label[methods[0]]}):
             continue
         sample = niah_sample(length, 0.5, index, count, essays, args.seed)
@@ -87,11 +120,22 @@ def run(args) -> int:
             store.add({**base, **record, "prompt_tokens": ids.shape[1]})
     document = fidelity_summary(store)
     paths = [write_json(out.with_suffix(".json"), document)]
-    print(format_table(document["overall"], [
-        ("model", "model"), ("length", "length"), ("budget", "budget"), ("method", "method"),
-        ("recall", "recall"), ("output_error", "rel. error"), ("density", "density"),
-        ("worst_layer", "worst layer"), ("worst_recall", "worst recall"),
-    ]))
+    print(
+        format_table(
+            document["overall"],
+            [
+                ("model", "model"),
+                ("length", "length"),
+                ("budget", "budget"),
+                ("method", "method"),
+                ("recall", "recall"),
+                ("output_error", "rel. error"),
+                ("density", "density"),
+                ("worst_layer", "worst layer"),
+                ("worst_recall", "worst recall"),
+            ],
+        )
+    )
     paths += _plot(document, out)
     print("\n".join(f"wrote {p}" for p in paths))
     return 0
@@ -104,12 +148,20 @@ def _plot(document: dict, out: Path) -> list[Path]:
         return []
     paths = []
     for length in sorted({r["length"] for r in document["layers"]}):
-        rows = [dict(r, series=f"{r['method']}@{r['budget']}")
-                for r in document["layers"] if r["length"] == length]
-        paths.append(plot_lines(
-            rows, x="layer", group="series", log_x=False,
-            panels=[("recall", "attention recall"), ("output_error", "relative output error")],
-            path=out.with_name(f"{out.stem}-{length}.png"),
-            title=f"attention fidelity per layer, {rows[0]['model']}, {length} tokens",
-        ))
+        rows = [
+            dict(r, series=f"{r['method']}@{r['budget']}")
+            for r in document["layers"]
+            if r["length"] == length
+        ]
+        paths.append(
+            plot_lines(
+                rows,
+                x="layer",
+                group="series",
+                log_x=False,
+                panels=[("recall", "attention recall"), ("output_error", "relative output error")],
+                path=out.with_name(f"{out.stem}-{length}.png"),
+                title=f"attention fidelity per layer, {rows[0]['model']}, {length} tokens",
+            )
+        )
     return paths

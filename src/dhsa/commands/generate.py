@@ -34,31 +34,61 @@ def add_parser(subparsers) -> None:
         "attention and once per sparse method and budget, and prints each continuation with its "
         "prefill time, decode tokens/s and peak memory.",
     )
-    p.add_argument("--model", required=True, help="model key (smollm2, gemma3, ...), GGUF file, "
-                   "local folder or Hub id")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model key (smollm2, gemma3, ...), GGUF file, local folder or Hub id",
+    )
     p.add_argument("--prompt-file", required=True, help="UTF-8 text file holding the prompt")
-    p.add_argument("--method", "--methods", dest="methods", default="dhsa",
-                   help="comma-separated sparse methods (default %(default)s)")
-    p.add_argument("--budget", "--budgets", dest="budgets", default="1024",
-                   help="comma-separated token budgets (1024 or 1k; default %(default)s)")
+    p.add_argument(
+        "--method",
+        "--methods",
+        dest="methods",
+        default="dhsa",
+        help="comma-separated sparse methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budgets",
+        default="1024",
+        help="comma-separated token budgets (1024 or 1k; default %(default)s)",
+    )
     p.add_argument("--no-dense", action="store_true", help="skip the dense SDPA contender")
-    p.add_argument("--min-length", type=int, default=0,
-                   help="sparse methods run dense below this many keys (default %(default)s)")
-    p.add_argument("--chunker", choices=["similarity", "fixed"], default="similarity",
-                   help="dhsa chunker (default %(default)s)")
-    p.add_argument("--boundaries", choices=["shared", "per-layer"], default="shared",
-                   help="dhsa chunk boundaries computed once (first sparse layer) and shared by "
-                   "all layers, or per layer from each layer's own keys (default %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=32,
-                   help="tokens to generate, fewer if an end-of-sequence token comes "
-                   "(default %(default)s)")
-    p.add_argument("--chat", action="store_true",
-                   help="wrap the prompt in the tokenizer's chat template as a user message")
+    p.add_argument(
+        "--min-length",
+        type=int,
+        default=0,
+        help="sparse methods run dense below this many keys (default %(default)s)",
+    )
+    p.add_argument(
+        "--chunker",
+        choices=["similarity", "fixed"],
+        default="similarity",
+        help="dhsa chunker (default %(default)s)",
+    )
+    p.add_argument(
+        "--boundaries",
+        choices=["shared", "per-layer"],
+        default="shared",
+        help="dhsa chunk boundaries computed once (first sparse layer) and shared by "
+        "all layers, or per layer from each layer's own keys (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        help="tokens to generate, fewer if an end-of-sequence token comes (default %(default)s)",
+    )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap the prompt in the tokenizer's chat template as a user message",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
@@ -244,7 +274,9 @@ def use_attention(model, contender, args) -> None:
         model.set_attn_implementation("sdpa")
         return
     config = DHSAConfig(
-        chunker=args.chunker, min_length=args.min_length, budget=contender.budget,
+        chunker=args.chunker,
+        min_length=args.min_length,
+        budget=contender.budget,
         share_boundaries=args.boundaries == "shared",
     )
     configure(model, config, method=contender.method)
@@ -263,7 +295,8 @@ def _row(contender, generation: Generation, text: str, prompt_tokens: int) -> di
         "decode_steps": generation.decode_steps,
         "decode_ms": round(generation.decode_ms, 2),
         "decode_tokens_per_s": (
-            None if generation.decode_tokens_per_s is None
+            None
+            if generation.decode_tokens_per_s is None
             else round(generation.decode_tokens_per_s, 3)
         ),
         "peak_memory_bytes": generation.peak_memory_bytes,
@@ -276,15 +309,25 @@ def _table(rows: list[dict]) -> str:
     from ..eval.summary import format_table
 
     shown = [
-        {**r, "peak_mib": r["peak_memory_bytes"] / 2**20,
-         "same": "-" if r["matches_dense"] is None else ("yes" if r["matches_dense"] else "no")}
+        {
+            **r,
+            "peak_mib": r["peak_memory_bytes"] / 2**20,
+            "same": "-" if r["matches_dense"] is None else ("yes" if r["matches_dense"] else "no"),
+        }
         for r in rows
     ]
-    return format_table(shown, [
-        ("name", "contender"), ("prompt_tokens", "prompt"), ("new_tokens", "new"),
-        ("prefill_ms", "prefill ms"), ("decode_tokens_per_s", "decode tok/s"),
-        ("peak_mib", "peak MiB"), ("same", "same as dense"),
-    ])
+    return format_table(
+        shown,
+        [
+            ("name", "contender"),
+            ("prompt_tokens", "prompt"),
+            ("new_tokens", "new"),
+            ("prefill_ms", "prefill ms"),
+            ("decode_tokens_per_s", "decode tok/s"),
+            ("peak_mib", "peak MiB"),
+            ("same", "same as dense"),
+        ],
+    )
 
 
 def run(args) -> int:
@@ -316,8 +359,9 @@ def run(args) -> int:
     input_ids = encode_prompt(tokenizer, text, args.chat, args.device)
     stop_ids = stop_token_ids(model, tokenizer)
     rows = []
-    with tqdm(total=len(runs) * args.max_new_tokens, disable=args.no_progress, unit="tok",
-              desc="generate") as bar:
+    with tqdm(
+        total=len(runs) * args.max_new_tokens, disable=args.no_progress, unit="tok", desc="generate"
+    ) as bar:
         for contender in runs:
             bar.set_postfix_str(f"{contender.name} (prefill {input_ids.shape[1]} tokens)")
             use_attention(model, contender, args)
@@ -334,12 +378,19 @@ def run(args) -> int:
     print(_table(rows))
     if args.json:
         document = {
-            "command": args.command_line, "date": now(), "device": describe_device(args.device),
-            "model": args.model, "dtype": args.dtype, "prompt_file": str(args.prompt_file),
-            "chat": args.chat, "max_new_tokens": args.max_new_tokens,
-            "min_length": args.min_length, "chunker": args.chunker,
+            "command": args.command_line,
+            "date": now(),
+            "device": describe_device(args.device),
+            "model": args.model,
+            "dtype": args.dtype,
+            "prompt_file": str(args.prompt_file),
+            "chat": args.chat,
+            "max_new_tokens": args.max_new_tokens,
+            "min_length": args.min_length,
+            "chunker": args.chunker,
             "boundaries": args.boundaries,
-            "load_seconds": round(load_s, 2), "results": rows,
+            "load_seconds": round(load_s, 2),
+            "results": rows,
         }
         print(f"wrote {write_json(args.json, document)}")
     return 0

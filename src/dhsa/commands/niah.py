@@ -23,8 +23,11 @@ def add_parser(subparsers) -> None:
     )
     add_model_options(p, "benchmarks/accuracy/niah.jsonl")
     add_grid_options(p, lengths="1k,2k,4k,8k", samples=5)
-    p.add_argument("--depths", default=DEFAULT_DEPTHS,
-                   help="comma-separated needle depths in [0, 1] (default %(default)s)")
+    p.add_argument(
+        "--depths",
+        default=DEFAULT_DEPTHS,
+        help="comma-separated needle depths in [0, 1] (default %(default)s)",
+    )
     p.set_defaults(run=run)
 
 
@@ -44,7 +47,10 @@ def run(args) -> int:
     from ..eval.summary import SCORE_COLUMNS, format_table, write_niah_outputs
 
     store = run_session(
-        args, kind="niah", item_field="depth", items=parse_depths(args.depths),
+        args,
+        kind="niah",
+        item_field="depth",
+        items=parse_depths(args.depths),
         sample_for=niah_cell_sample,
     )
     document, paths = write_niah_outputs(store, Path(args.out))

@@ -12,8 +12,11 @@ def add_parser(subparsers) -> None:
         description="Renders the summary JSON files that dhsa niah, ruler and fidelity write "
         "beside their result files into one Markdown page, with the commands that made them.",
     )
-    p.add_argument("summaries", nargs="+",
-                   help="summary .json files or result .jsonl files, in the order to show")
+    p.add_argument(
+        "summaries",
+        nargs="+",
+        help="summary .json files or result .jsonl files, in the order to show",
+    )
     p.add_argument("--out", default="benchmarks/ACCURACY.md", help="Markdown file to write")
     p.add_argument("--title", default="Accuracy on real models", help="page title")
     p.set_defaults(run=run)

@@ -44,14 +44,18 @@ def run(args) -> int:
     from ..eval.summary import SCORE_COLUMNS, format_table, write_ruler_outputs
 
     store = run_session(
-        args, kind="ruler", item_field="task", items=parse_tasks(args.tasks),
+        args,
+        kind="ruler",
+        item_field="task",
+        items=parse_tasks(args.tasks),
         sample_for=lambda length, index, task, count, essays, seed: make_sample(
             task, length, index, count, essays, seed
         ),
     )
     document, paths = write_ruler_outputs(store, Path(args.out))
-    print(format_table(document["tasks"], SCORE_COLUMNS[:4] + [("task", "task")]
-                       + SCORE_COLUMNS[4:]))
+    print(
+        format_table(document["tasks"], SCORE_COLUMNS[:4] + [("task", "task")] + SCORE_COLUMNS[4:])
+    )
     print()
     print(format_table(document["by_length"], SCORE_COLUMNS))
     print("\n".join(f"wrote {p}" for p in paths))

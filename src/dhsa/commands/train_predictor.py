@@ -127,8 +127,10 @@ def _labelled_slices(args, layers: list[int], data_file: Path, checkpoint: Path)
         if isinstance(stored, dict) and stored.get("settings") == settings:
             logger.info("reusing labelled keys from %s", data_file)
             return [[LabelledKeys(*item) for item in group] for group in stored["slices"]]
-        print(f"{data_file} was made with other settings: labelling again and training afresh",
-              file=sys.stderr)
+        print(
+            f"{data_file} was made with other settings: labelling again and training afresh",
+            file=sys.stderr,
+        )
         checkpoint.unlink(missing_ok=True)
     slices = _collect(args, layers, _read_text(args.text))
     stored = [[(e.keys, e.labels, e.valid) for e in group] for group in slices]

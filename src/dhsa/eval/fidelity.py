@@ -120,30 +120,44 @@ def layer_fidelity(
     bq = config.query_block
     layouts = {
         method: select(
-            q, k, config, method=method, sliding_window=sliding_window, scale=scale,
+            q,
+            k,
+            config,
+            method=method,
+            sliding_window=sliding_window,
+            scale=scale,
             boundaries=boundaries if method == "dhsa" else None,
         )
         for method in methods
     }
     recall = attention_recall(
-        q, k, layouts, blocks, scale=scale, softcap=softcap, sliding_window=sliding_window,
+        q,
+        k,
+        layouts,
+        blocks,
+        scale=scale,
+        softcap=softcap,
+        sliding_window=sliding_window,
         query_block=bq,
     )
     dense = _block_rows(
         dense_attention(q, k, v, scale=scale, sliding_window=sliding_window, softcap=softcap),
-        blocks, bq,
+        blocks,
+        bq,
     )
     records = []
     for method, layout in layouts.items():
         out = attend(q, k, v, layout, scale=scale, softcap=softcap, backend="torch")
         error = torch.linalg.vector_norm(_block_rows(out, blocks, bq) - dense)
-        records.append({
-            "method": method,
-            "recall": recall[method],
-            "output_error": float(error / torch.linalg.vector_norm(dense).clamp(min=1e-30)),
-            "density": layout.density(),
-            "queries": int(_block_rows(q[:, :1], blocks, bq).shape[2]),
-        })
+        records.append(
+            {
+                "method": method,
+                "recall": recall[method],
+                "output_error": float(error / torch.linalg.vector_norm(dense).clamp(min=1e-30)),
+                "density": layout.density(),
+                "queries": int(_block_rows(q[:, :1], blocks, bq).shape[2]),
+            }
+        )
     return records
 
 
@@ -174,7 +188,13 @@ class FidelityProbe:
         layer = module.layer_idx
         with torch.no_grad():
             rows = layer_fidelity(
-                query, key, value, self.config, self.methods, scale=scale, sliding_window=window,
+                query,
+                key,
+                value,
+                self.config,
+                self.methods,
+                scale=scale,
+                sliding_window=window,
                 softcap=kwargs.get("softcap"),
                 boundaries=self.boundaries if self.config.share_boundaries else None,
                 max_query_blocks=self.max_query_blocks,
@@ -216,15 +236,17 @@ def summarize_fidelity(records: list[dict]) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in records):
         rows = [r for r in records if r["method"] == method]
         worst = min(rows, key=lambda r: r["recall"])
-        out.append({
-            "method": method,
-            "recall": sum(r["recall"] for r in rows) / len(rows),
-            "output_error": sum(r["output_error"] for r in rows) / len(rows),
-            "density": sum(r["density"] for r in rows) / len(rows),
-            "worst_layer": worst["layer"],
-            "worst_recall": worst["recall"],
-            "layers": len(rows),
-        })
+        out.append(
+            {
+                "method": method,
+                "recall": sum(r["recall"] for r in rows) / len(rows),
+                "output_error": sum(r["output_error"] for r in rows) / len(rows),
+                "density": sum(r["density"] for r in rows) / len(rows),
+                "worst_layer": worst["layer"],
+                "worst_recall": worst["recall"],
+                "layers": len(rows),
+            }
+        )
     return out
 
 

@@ -11,10 +11,10 @@ import json
 import os
 import re
 from bisect import bisect_left
-from itertools import accumulate
+from collections.abc import Callable
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
-from typing import Callable
 
 # The essays are not bundled: $DHSA_HAYSTACK, else the copy beside a checkout of this repository.
 DEFAULT_HAYSTACK = os.environ.get("DHSA_HAYSTACK", "../shared/data/PaulGrahamEssays.json")
@@ -44,7 +44,7 @@ def _essay_sentences(resolved: str) -> tuple[str, ...]:
     with open(resolved, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-        raise ValueError(f"haystack file {resolved} must be JSON {{\"text\": \"...\"}}")
+        raise ValueError(f'haystack file {resolved} must be JSON {{"text": "..."}}')
     sentences = tuple(split_sentences(data["text"]))
     if len(sentences) < 2:
         raise ValueError(f"haystack file {resolved} holds fewer than two sentences")
@@ -57,7 +57,7 @@ def essay_sentences(path: str | Path = DEFAULT_HAYSTACK) -> tuple[str, ...]:
     if not path.is_file():
         raise FileNotFoundError(
             f"haystack file not found: {path} (pass --haystack PATH, or set DHSA_HAYSTACK, to a "
-            "JSON file {\"text\": ...})"
+            'JSON file {"text": ...})'
         )
     return _essay_sentences(str(path.resolve()))
 
@@ -97,7 +97,9 @@ def insert_at_depths(units: list[str], needles: list[str], depths: list[float]) 
 def bisect_nearest(sorted_values: list[int], target: float) -> int:
     """The index of the entry of ``sorted_values`` nearest to ``target`` (the first on ties)."""
     i = bisect_left(sorted_values, target)
-    if i == len(sorted_values) or (i > 0 and target - sorted_values[i - 1] <= sorted_values[i] - target):
+    if i == len(sorted_values) or (
+        i > 0 and target - sorted_values[i - 1] <= sorted_values[i] - target
+    ):
         return i - 1
     return i
 

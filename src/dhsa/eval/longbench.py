@@ -8,9 +8,9 @@ classification sets) and ``_id``. The data set is not bundled: pass the path of 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .metrics import classification_accuracy, code_similarity, qa_f1, rouge_l
 
@@ -62,7 +62,9 @@ def _sample_from_record(record: dict, where: str) -> LongBenchSample:
         raise ValueError(f"{where}: 'answers' must be a non-empty list, got {answers!r}")
     dataset = record["dataset"]
     if dataset not in METRICS:
-        raise ValueError(f"{where}: dataset {dataset!r} is not supported: allowed {sorted(METRICS)}")
+        raise ValueError(
+            f"{where}: dataset {dataset!r} is not supported: allowed {sorted(METRICS)}"
+        )
     classes = tuple(record.get("all_classes") or ())
     if METRICS[dataset] == "classification" and not classes:
         raise ValueError(f"{where}: classification set {dataset!r} needs 'all_classes'")
@@ -117,7 +119,7 @@ def score_dataset(predictions: Iterable[str], samples: Iterable[LongBenchSample]
     predictions, samples = list(predictions), list(samples)
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples")
-    for prediction, sample in zip(predictions, samples):
+    for prediction, sample in zip(predictions, samples, strict=False):
         totals.setdefault(sample.dataset, []).append(score_sample(prediction, sample))
     return {
         name: {"score": 100.0 * sum(values) / len(values), "samples": len(values)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -87,7 +87,9 @@ def rouge_l(prediction: str, answers: Iterable[str]) -> float:
     return _best(score, prediction, answers)
 
 
-def classification_accuracy(prediction: str, answers: Iterable[str], classes: Sequence[str]) -> float:
+def classification_accuracy(
+    prediction: str, answers: Iterable[str], classes: Sequence[str]
+) -> float:
     """LongBench ``classification_score``: the class names found in ``prediction`` (a name that
     is part of another found name does not count); 1 / (number found) when the right class is
     among them, else 0."""

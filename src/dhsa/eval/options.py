@@ -32,35 +32,60 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def add_model_options(
-    p: argparse.ArgumentParser, default_out: str, *, decode: bool = True
-) -> None:
+def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: bool = True) -> None:
     """Model, device, haystack, config and output options every eval command takes (``decode``:
     with ``--decode``, for the commands that generate)."""
-    p.add_argument("--model", required=True, help="model key (smollm2, gemma3, ...), GGUF file, "
-                   "local folder or Hub id")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model key (smollm2, gemma3, ...), GGUF file, local folder or Hub id",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
-    p.add_argument("--haystack", default=DEFAULT_HAYSTACK,
-                   help="essay JSON {\"text\": ...} used as haystack (default: %(default)s)")
+    p.add_argument(
+        "--haystack",
+        default=DEFAULT_HAYSTACK,
+        help='essay JSON {"text": ...} used as haystack (default: %(default)s)',
+    )
     p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
-    p.add_argument("--chunker", choices=CHUNKERS, default="similarity",
-                   help="dhsa chunker (default %(default)s)")
-    p.add_argument("--predictor", help="boundary predictor file of --chunker learned "
-                   "(made by `dhsa train-predictor`)")
-    p.add_argument("--boundaries", choices=["shared", "per-layer"], default="shared",
-                   help="dhsa chunk boundaries computed once (first layer) and shared by all "
-                   "layers, or per layer (default %(default)s)")
-    p.add_argument("--boundary-z", type=float, default=DHSAConfig.boundary_z,
-                   help="similarity chunker threshold: cut where the shift score exceeds its mean "
-                   "plus Z standard deviations (default %(default)s; lower: more, shorter chunks)")
+    p.add_argument(
+        "--chunker",
+        choices=CHUNKERS,
+        default="similarity",
+        help="dhsa chunker (default %(default)s)",
+    )
+    p.add_argument(
+        "--predictor",
+        help="boundary predictor file of --chunker learned (made by `dhsa train-predictor`)",
+    )
+    p.add_argument(
+        "--boundaries",
+        choices=["shared", "per-layer"],
+        default="shared",
+        help="dhsa chunk boundaries computed once (first layer) and shared by all "
+        "layers, or per layer (default %(default)s)",
+    )
+    p.add_argument(
+        "--boundary-z",
+        type=float,
+        default=DHSAConfig.boundary_z,
+        help="similarity chunker threshold: cut where the shift score exceeds its mean "
+        "plus Z standard deviations (default %(default)s; lower: more, shorter chunks)",
+    )
     if decode:
-        p.add_argument("--decode", choices=["sparse", "dense"], default="sparse",
-                       help="decode steps select like prefill, or attend every key (only "
-                       "prefill sparse; recorded as METHOD/dense-decode) (default %(default)s)")
-    p.add_argument("--out", default=default_out,
-                   help="result file (JSONL, resumable); summary JSON and PNGs go beside it")
+        p.add_argument(
+            "--decode",
+            choices=["sparse", "dense"],
+            default="sparse",
+            help="decode steps select like prefill, or attend every key (only "
+            "prefill sparse; recorded as METHOD/dense-decode) (default %(default)s)",
+        )
+    p.add_argument(
+        "--out",
+        default=default_out,
+        help="result file (JSONL, resumable); summary JSON and PNGs go beside it",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -69,10 +94,14 @@ def base_config(args) -> DHSAConfig:
     ``--chunker learned`` (it would be ignored) or a learned chunker without a predictor."""
     if args.predictor and args.chunker != "learned":
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
-    return DHSAConfig(chunker=args.chunker, predictor=args.predictor, min_length=0,
-                      share_boundaries=args.boundaries == "shared",
-                      sparse_decode=getattr(args, "decode", "sparse") == "sparse",
-                      boundary_z=args.boundary_z)
+    return DHSAConfig(
+        chunker=args.chunker,
+        predictor=args.predictor,
+        min_length=0,
+        share_boundaries=args.boundaries == "shared",
+        sparse_decode=getattr(args, "decode", "sparse") == "sparse",
+        boundary_z=args.boundary_z,
+    )
 
 
 def open_model(args):
@@ -82,7 +111,9 @@ def open_model(args):
     from ..models import load_model
 
     return load_model(
-        args.model, dtype=getattr(torch, args.dtype), device=args.device,
+        args.model,
+        dtype=getattr(torch, args.dtype),
+        device=args.device,
         directory=args.models_dir,
     )
 

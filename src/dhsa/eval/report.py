@@ -78,8 +78,9 @@ def _pivot(rows: list[dict], column: str, value: str = "score") -> tuple[list[di
 
 def _score_section(document: dict, column: str, title: str) -> str:
     rows, columns = _pivot(document["by_length"], column)
-    overall = {(r["model"], contender_name(r["method"], r.get("budget"))): r
-               for r in document["overall"]}
+    overall = {
+        (r["model"], contender_name(r["method"], r.get("budget"))): r for r in document["overall"]
+    }
     for row in rows:
         row["overall"] = f"{overall[(row['model'], row['contender'])]['score']:.1f}"
     header = [("model", "model"), ("contender", "contender")]
@@ -93,16 +94,21 @@ def _models(document: dict, rows: str) -> str:
 
 
 def niah_section(document: dict) -> str:
-    return "\n\n".join([
-        f"## Needle in a haystack: {_models(document, 'overall')}",
-        _runs(document),
-        _score_section(document, "length", "By length, all depths:"),
-    ])
+    return "\n\n".join(
+        [
+            f"## Needle in a haystack: {_models(document, 'overall')}",
+            _runs(document),
+            _score_section(document, "length", "By length, all depths:"),
+        ]
+    )
 
 
 def ruler_section(document: dict) -> str:
-    parts = [f"## RULER-style tasks: {_models(document, 'overall')}", _runs(document),
-             _score_section(document, "length", "Mean over tasks, by length:")]
+    parts = [
+        f"## RULER-style tasks: {_models(document, 'overall')}",
+        _runs(document),
+        _score_section(document, "length", "Mean over tasks, by length:"),
+    ]
     for length in sorted({r["length"] for r in document["tasks"]}):
         rows, tasks = _pivot([r for r in document["tasks"] if r["length"] == length], "task")
         header = [("model", "model"), ("contender", "contender")]
@@ -113,24 +119,33 @@ def ruler_section(document: dict) -> str:
 
 def fidelity_section(document: dict) -> str:
     columns = [
-        ("model", "model"), ("length", "length"), ("budget", "budget"), ("method", "method"),
-        ("recall", "attention recall"), ("output_error", "rel. output error"),
-        ("density", "density"), ("worst_layer", "worst layer"), ("worst_recall", "its recall"),
+        ("model", "model"),
+        ("length", "length"),
+        ("budget", "budget"),
+        ("method", "method"),
+        ("recall", "attention recall"),
+        ("output_error", "rel. output error"),
+        ("density", "density"),
+        ("worst_layer", "worst layer"),
+        ("worst_recall", "its recall"),
     ]
-    rows = sorted(document["overall"], key=lambda r: (r["model"], r["length"], r["budget"],
-                                                      -r["recall"]))
+    rows = sorted(
+        document["overall"], key=lambda r: (r["model"], r["length"], r["budget"], -r["recall"])
+    )
     # Methods often differ in the third decimal: four are shown.
     rows = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-    return "\n\n".join([
-        f"## Attention fidelity on real activations: {_models(document, 'overall')}",
-        _runs(document),
-        "Mean over layers of the dense softmax mass each selection keeps (recall), the relative "
-        "output error against dense attention, and the fraction of the causal keys kept:",
-        format_table(rows, columns),
-        "Recall per layer, in the layers where the selection drops keys (density below 0.99; "
-        "a sliding-window layer keeps its whole window under every method):",
-        _selective_layers(document["layers"]),
-    ])
+    return "\n\n".join(
+        [
+            f"## Attention fidelity on real activations: {_models(document, 'overall')}",
+            _runs(document),
+            "Mean over layers of the dense softmax mass each selection keeps (recall), the relative "
+            "output error against dense attention, and the fraction of the causal keys kept:",
+            format_table(rows, columns),
+            "Recall per layer, in the layers where the selection drops keys (density below 0.99; "
+            "a sliding-window layer keeps its whole window under every method):",
+            _selective_layers(document["layers"]),
+        ]
+    )
 
 
 def _selective_layers(layers: list[dict]) -> str:
@@ -142,14 +157,18 @@ def _selective_layers(layers: list[dict]) -> str:
         if r["density"] >= 0.99:
             continue
         key = (r["model"], r["length"], r["budget"], r["layer"])
-        table.setdefault(key, dict(zip(("model", "length", "budget", "layer"), key)))
+        table.setdefault(key, dict(zip(("model", "length", "budget", "layer"), key, strict=False)))
         table[key][r["method"]] = r["recall"]
     rows = []
     for key in sorted(table):
         row = table[key]
         best = max((row[m] for m in methods if m in row), default=None)
-        rows.append({k: (f"**{v:.3f}**" if v == best else f"{v:.3f}") if k in methods else v
-                     for k, v in row.items()})
+        rows.append(
+            {
+                k: (f"**{v:.3f}**" if v == best else f"{v:.3f}") if k in methods else v
+                for k, v in row.items()
+            }
+        )
     columns = [(c, c) for c in ("model", "length", "budget", "layer")] + [(m, m) for m in methods]
     return format_table(rows, columns) if rows else "(none)"
 
@@ -161,8 +180,10 @@ def render_report(paths: list[str | Path], *, command: str, title: str) -> str:
     """The Markdown page for the summary files ``paths``, in the order given."""
     if not paths:
         raise ValueError("no summary files given")
-    parts = [f"# {title}", f"Generated by `{command}` from:\n\n"
-             + "\n".join(f"- `{p}`" for p in paths)]
+    parts = [
+        f"# {title}",
+        f"Generated by `{command}` from:\n\n" + "\n".join(f"- `{p}`" for p in paths),
+    ]
     for path in paths:
         document = load_summary(path)
         parts.append(f"<!-- {path} -->\n" + SECTIONS[document["kind"]](document))

@@ -11,8 +11,8 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -113,7 +113,7 @@ def mean_by(cells: Iterable[dict], fields: Sequence[str], value: str = "score") 
     for cell in cells:
         groups.setdefault(tuple(cell.get(f) for f in fields), []).append(float(cell[value]))
     return [
-        {**dict(zip(fields, key)), value: sum(vs) / len(vs), "samples": len(vs)}
+        {**dict(zip(fields, key, strict=False)), value: sum(vs) / len(vs), "samples": len(vs)}
         for key, vs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))
     ]
 

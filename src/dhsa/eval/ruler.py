@@ -16,9 +16,9 @@ import random
 import string
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Callable
 
 from .haystack import (
     NOISE_SENTENCES,
@@ -168,7 +168,7 @@ def needle_sample(
     taken: set[str] = set()
     keys = _distinct(rng, spec.key_kind, spec.num_keys, taken)
     values = [_distinct(rng, spec.value_kind, spec.num_values, taken) for _ in keys]
-    needles = [_needle_text(spec, k, v) for k, vs in zip(keys, values) for v in vs]
+    needles = [_needle_text(spec, k, v) for k, vs in zip(keys, values, strict=False) for v in vs]
     if depths is None:
         depths = [rng.random() for _ in needles]
     if len(depths) != len(needles):
@@ -196,7 +196,7 @@ def needle_sample(
         return header + join_units(insert_at_depths(units(n), needles, depths)) + question
 
     n = fit_units(render, count_tokens, length - spec.max_new_tokens)
-    answers = tuple(v for k, vs in zip(keys, values) if k in queries for v in vs)
+    answers = tuple(v for k, vs in zip(keys, values, strict=False) if k in queries for v in vs)
     return Sample(
         task=task,
         prompt=render(n),
@@ -223,9 +223,11 @@ def variable_tracking_sample(
             names.append(name)
     value = str(rng.randint(10_000, 99_999))
     lines = [f"VAR {names[0]} = {value}."]
-    lines += [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    lines += [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:], strict=False)]
     depths = sorted(rng.random() for _ in lines)
-    header = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+    header = (
+        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+    )
     question = (
         f"\nQuestion: Find all variables that are assigned the value {value} in the text above. "
         f"Answer: According to the chain(s) of variable assignment in the text above, "
@@ -238,7 +240,9 @@ def variable_tracking_sample(
 
     max_new = 30
     n = fit_units(render, count_tokens, length - max_new)
-    return Sample(task, render(n), tuple(names), max_new, needles=tuple(lines), depths=tuple(depths))
+    return Sample(
+        task, render(n), tuple(names), max_new, needles=tuple(lines), depths=tuple(depths)
+    )
 
 
 def common_words_sample(
@@ -258,7 +262,9 @@ def common_words_sample(
         random.Random(seed).shuffle(items)
         return items
 
-    header = "Below is a numbered list of words. In these words, some appear more often than others.\n"
+    header = (
+        "Below is a numbered list of words. In these words, some appear more often than others.\n"
+    )
     question = (
         f"\nQuestion: What are the {top} most common words in the above list? "
         f"Answer: The top {top} words that appear most often in the list are:"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -57,8 +57,13 @@ def run_grid(
     # dhsa with another chunker or per-layer boundaries is recorded under its own name, so runs
     # of several chunkers can share a result file without taking each other's cells as done.
     names = {
-        c: method_label(c.method, base_config.chunker, base_config.share_boundaries,
-                        base_config.sparse_decode, base_config.boundary_z)
+        c: method_label(
+            c.method,
+            base_config.chunker,
+            base_config.share_boundaries,
+            base_config.sparse_decode,
+            base_config.boundary_z,
+        )
         for c in contenders
     }
     ran = 0
@@ -67,11 +72,15 @@ def run_grid(
             for index in range(samples):
                 for item in items:
                     base = {
-                        "model": model_name, "seed": seed, "length": length, "index": index,
+                        "model": model_name,
+                        "seed": seed,
+                        "length": length,
+                        "index": index,
                         item_field: item,
                     }
                     todo = [
-                        c for c in contenders
+                        c
+                        for c in contenders
                         if not store.done({**base, "method": names[c], "budget": c.budget})
                     ]
                     bar.update(len(contenders) - len(todo))

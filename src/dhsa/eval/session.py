@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .generation import contenders, token_counter
 from .haystack import essay_sentences
 from .options import base_config, model_label, open_model, parse_lengths, parse_names
 from .results import ResultStore, describe_device
-from .runner import cell_key, run_grid
 from .ruler import Sample
+from .runner import cell_key, run_grid
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,23 @@ def run_session(
     model, tokenizer = open_model(args)
     count_tokens = token_counter(tokenizer)
     store.start_run(
-        kind=kind, command=args.command_line, device=describe_device(args.device),
-        model=args.model, dtype=args.dtype, lengths=lengths, methods=methods, budgets=budgets,
-        samples=args.samples, items=items, seed=args.seed, chunker=args.chunker,
+        kind=kind,
+        command=args.command_line,
+        device=describe_device(args.device),
+        model=args.model,
+        dtype=args.dtype,
+        lengths=lengths,
+        methods=methods,
+        budgets=budgets,
+        samples=args.samples,
+        items=items,
+        seed=args.seed,
+        chunker=args.chunker,
     )
     ran = run_grid(
-        store, model, tokenizer,
+        store,
+        model,
+        tokenizer,
         model_name=model_label(args.model),
         item_field=item_field,
         items=items,
@@ -65,11 +76,23 @@ def run_session(
 
 def add_grid_options(p, *, lengths: str, samples: int) -> None:
     """Lengths, methods, budgets and samples of a NIAH or RULER grid."""
-    p.add_argument("--lengths", default=lengths, help="comma-separated prompt lengths in tokens "
-                   "(4096 or 4k; default %(default)s)")
-    p.add_argument("--methods", default="dense,dhsa,block_sparse,streaming",
-                   help="comma-separated attention methods (default %(default)s)")
-    p.add_argument("--budget", "--budgets", dest="budgets", default="1024,2048",
-                   help="comma-separated token budgets of the sparse methods (default %(default)s)")
-    p.add_argument("--samples", type=int, default=samples,
-                   help="samples per cell (default %(default)s)")
+    p.add_argument(
+        "--lengths",
+        default=lengths,
+        help="comma-separated prompt lengths in tokens (4096 or 4k; default %(default)s)",
+    )
+    p.add_argument(
+        "--methods",
+        default="dense,dhsa,block_sparse,streaming",
+        help="comma-separated attention methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budgets",
+        default="1024,2048",
+        help="comma-separated token budgets of the sparse methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
+    )

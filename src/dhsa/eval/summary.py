@@ -65,18 +65,33 @@ def write_niah_outputs(store: ResultStore, out: Path) -> tuple[dict, list[Path]]
         rows = [r for r in document["cells"] if (r["method"], r["budget"]) == (method, budget)]
         name = contender_name(method, budget)
         overall = next(
-            r["score"] for r in document["overall"] if (r["method"], r["budget"]) == (method, budget)
+            r["score"]
+            for r in document["overall"]
+            if (r["method"], r["budget"]) == (method, budget)
         )
-        paths.append(plot_heatmap(
-            rows, x="length", y="depth", value="score", vmin=0, vmax=100,
-            path=out.with_name(f"{out.stem}-{re.sub(r'[^A-Za-z0-9_.]+', '-', name)}.png"),
-            title=f"NIAH {rows[0]['model']} {name}: {overall:.1f}",
-        ))
+        paths.append(
+            plot_heatmap(
+                rows,
+                x="length",
+                y="depth",
+                value="score",
+                vmin=0,
+                vmax=100,
+                path=out.with_name(f"{out.stem}-{re.sub(r'[^A-Za-z0-9_.]+', '-', name)}.png"),
+                title=f"NIAH {rows[0]['model']} {name}: {overall:.1f}",
+            )
+        )
     return document, paths
 
 
-SCORE_COLUMNS = [("model", "model"), ("method", "method"), ("budget", "budget"),
-                 ("length", "length"), ("score", "score %"), ("samples", "n")]
+SCORE_COLUMNS = [
+    ("model", "model"),
+    ("method", "method"),
+    ("budget", "budget"),
+    ("length", "length"),
+    ("score", "score %"),
+    ("samples", "n"),
+]
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -87,7 +102,9 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
             return f"{value:.2f}"
         return "-" if value is None else str(value)
 
-    lines = ["| " + " | ".join(h for _, h in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     lines += ["| " + " | ".join(cell(r.get(f)) for f, _ in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -45,9 +45,7 @@ def check_layout(q: Tensor, k: Tensor, layout: Layout) -> None:
     geometry = (q.shape[0], k.shape[1], q.shape[2], k.shape[2])
     expected = (layout.batch, layout.kv_heads, layout.q_len, layout.k_len)
     if geometry != expected:
-        raise ValueError(
-            f"layout is for (B, Hkv, Lq, Lk) = {expected}, tensors give {geometry}"
-        )
+        raise ValueError(f"layout is for (B, Hkv, Lq, Lk) = {expected}, tensors give {geometry}")
     if layout.device != q.device:
         raise ValueError(f"layout is on {layout.device}, tensors on {q.device}")
 

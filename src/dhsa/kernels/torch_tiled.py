@@ -73,10 +73,14 @@ def _gather_positions(layout: Layout, r0: int, r1: int, keys_per_row: Tensor):
     span_rows = torch.repeat_interleave(
         torch.arange(rows, device=device), layout.offsets[r0 + 1 : r1 + 1] - layout.offsets[r0:r1]
     )
-    block_start = layout.q_offset + ((torch.arange(r0, r1, device=device)) % layout.num_q_blocks
-                                     ) * layout.query_block
+    block_start = (
+        layout.q_offset
+        + ((torch.arange(r0, r1, device=device)) % layout.num_q_blocks) * layout.query_block
+    )
     past_per_span = torch.clamp(torch.minimum(ends, block_start[span_rows]) - starts, min=0)
-    past = torch.zeros(rows, dtype=torch.int64, device=device).index_add_(0, span_rows, past_per_span)
+    past = torch.zeros(rows, dtype=torch.int64, device=device).index_add_(
+        0, span_rows, past_per_span
+    )
     counts = keys_per_row[r0:r1]
     diagonal = int((counts - past).max()) if rows else 0
     width = max(diagonal + (int(past.max()) if rows else 0), 1)

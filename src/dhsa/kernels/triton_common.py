@@ -25,8 +25,7 @@ def tanh(x):
 
 
 @triton.jit
-def logits(q, k, qk_scale, cap_in, cap_out, HAS_SOFTCAP: tl.constexpr,
-           DOT_PRECISION: tl.constexpr):
+def logits(q, k, qk_scale, cap_in, cap_out, HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Base-2 logits of ``q [M, D]`` against ``k [N, D]`` (see :func:`attend_stream`)."""
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if HAS_SOFTCAP:
@@ -184,7 +183,8 @@ def key_stream(layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
             "attend fewer sequences or heads per call"
         )
     span_of_entry = torch.repeat_interleave(
-        torch.arange(layout.nnz, device=layout.device, dtype=torch.int32), lengths,
+        torch.arange(layout.nnz, device=layout.device, dtype=torch.int32),
+        lengths,
         output_size=total,
     )
     shift = (layout.starts.to(torch.int64) - prefix[:-1]).to(torch.int32)

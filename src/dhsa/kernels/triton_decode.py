@@ -27,8 +27,17 @@ from .triton_common import (
 
 
 @triton.jit
-def _group_queries(Q, b, h, stride_qb, stride_qh, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+def _group_queries(
+    Q,
+    b,
+    h,
+    stride_qb,
+    stride_qh,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """The ``GROUP`` query heads of KV head ``h`` in batch ``b``, as ``[BLOCK_M, BLOCK_D]``."""
     offs_g = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -41,8 +50,19 @@ def _group_queries(Q, b, h, stride_qb, stride_qh, GROUP: tl.constexpr, BLOCK_M: 
 
 
 @triton.jit
-def _store_partials(part_acc, part_max, part_sum, acc, m_i, l_i, piece, GROUP: tl.constexpr,
-                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+def _store_partials(
+    part_acc,
+    part_max,
+    part_sum,
+    acc,
+    m_i,
+    l_i,
+    piece,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Write one piece's unnormalized ``acc``, running max and sum for the group's heads."""
     offs_g = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -51,7 +71,8 @@ def _store_partials(part_acc, part_max, part_sum, acc, m_i, l_i, piece, GROUP: t
     tl.store(part_max + slot, m_i, mask=g_ok)
     tl.store(part_sum + slot, l_i, mask=g_ok)
     tl.store(
-        part_acc + slot[:, None] * HEAD_DIM + offs_d[None, :], acc,
+        part_acc + slot[:, None] * HEAD_DIM + offs_d[None, :],
+        acc,
         mask=g_ok[:, None] & (offs_d < HEAD_DIM)[None, :],
     )
 
@@ -111,15 +132,45 @@ def _decode_split_kernel(
     if t_begin < t_end:
         positions = tl.full([BLOCK_M], 0, dtype=tl.int64) + q_pos
         acc, m_i, l_i = attend_stream(
-            acc, m_i, l_i, q,
-            K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
-            stride_kl, stride_vl, key_pos, key_bias, t_begin, t_end,
-            positions, q_pos, q_pos, window, qk_scale, cap_in, cap_out,
-            BLOCK_N, HEAD_DIM, BLOCK_D, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, DOT_PRECISION,
+            acc,
+            m_i,
+            l_i,
+            q,
+            K + b * stride_kb + h * stride_kh,
+            V + b * stride_vb + h * stride_vh,
+            stride_kl,
+            stride_vl,
+            key_pos,
+            key_bias,
+            t_begin,
+            t_end,
+            positions,
+            q_pos,
+            q_pos,
+            window,
+            qk_scale,
+            cap_in,
+            cap_out,
+            BLOCK_N,
+            HEAD_DIM,
+            BLOCK_D,
+            HAS_BIAS,
+            HAS_SOFTCAP,
+            HAS_WINDOW,
+            DOT_PRECISION,
         )
     _store_partials(
-        part_acc, part_max, part_sum, acc, m_i, l_i, row * SPLITS + split,
-        GROUP, BLOCK_M, HEAD_DIM, BLOCK_D,
+        part_acc,
+        part_max,
+        part_sum,
+        acc,
+        m_i,
+        l_i,
+        row * SPLITS + split,
+        GROUP,
+        BLOCK_M,
+        HEAD_DIM,
+        BLOCK_D,
     )
 
 
@@ -170,18 +221,43 @@ def _decode_spans_kernel(
         lo = tl.load(span_starts + row * num_spans + i)
         hi = tl.load(span_ends + row * num_spans + i)
         acc, m_i, l_i = attend_span(
-            acc, m_i, l_i, q, k_base, v_base, stride_kl, stride_vl, lo, hi, qk_scale, cap_in,
-            cap_out, BLOCK_N, HEAD_DIM, BLOCK_D, HAS_SOFTCAP, DOT_PRECISION,
+            acc,
+            m_i,
+            l_i,
+            q,
+            k_base,
+            v_base,
+            stride_kl,
+            stride_vl,
+            lo,
+            hi,
+            qk_scale,
+            cap_in,
+            cap_out,
+            BLOCK_N,
+            HEAD_DIM,
+            BLOCK_D,
+            HAS_SOFTCAP,
+            DOT_PRECISION,
         )
     _store_partials(
-        part_acc, part_max, part_sum, acc, m_i, l_i, row * SPLITS + split,
-        GROUP, BLOCK_M, HEAD_DIM, BLOCK_D,
+        part_acc,
+        part_max,
+        part_sum,
+        acc,
+        m_i,
+        l_i,
+        row * SPLITS + split,
+        GROUP,
+        BLOCK_M,
+        HEAD_DIM,
+        BLOCK_D,
     )
 
 
 @triton.jit
 def _decode_merge_kernel(
-    O,
+    Out,
     part_acc,
     part_max,
     part_sum,
@@ -214,8 +290,8 @@ def _decode_merge_kernel(
     )
     # A head that saw no key anywhere has total == 0 and acc == 0: it outputs zeros.
     out = tl.sum(acc * weight[:, None], axis=0) / tl.where(total == 0.0, 1.0, total)
-    o_ptrs = O + b * stride_ob + (h * GROUP + g).to(tl.int64) * stride_oh + offs_d
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    o_ptrs = Out + b * stride_ob + (h * GROUP + g).to(tl.int64) * stride_oh + offs_d
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 def split_count(rows: int, pieces: int, device: torch.device) -> int:
@@ -266,13 +342,27 @@ def attend_triton_decode(
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
     block_d = max(16, triton.next_power_of_2(dim))
     _decode_split_kernel[(rows, splits)](
-        q, k, v, *parts, row_stream, key_pos,
+        q,
+        k,
+        v,
+        *parts,
+        row_stream,
+        key_pos,
         key_pos if key_bias is None else key_bias,
-        q.stride(0), q.stride(1),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        layout.kv_heads, layout.k_len - 1, layout.sliding_window or 0,
-        qk_scale, cap_in, cap_out,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        layout.kv_heads,
+        layout.k_len - 1,
+        layout.sliding_window or 0,
+        qk_scale,
+        cap_in,
+        cap_out,
         SPLITS=splits,
         GROUP=group,
         BLOCK_M=max(16, triton.next_power_of_2(group)),
@@ -305,7 +395,11 @@ def _partials(rows: int, splits: int, group: int, dim: int, device) -> tuple[Ten
 def _merge(out: Tensor, parts: tuple[Tensor, ...], splits: int, group: int, kv_heads: int):
     dim = out.shape[-1]
     _decode_merge_kernel[(out.shape[0] * kv_heads, group)](
-        out, *parts, out.stride(0), out.stride(1), kv_heads,
+        out,
+        *parts,
+        out.stride(0),
+        out.stride(1),
+        kv_heads,
         SPLITS=splits,
         BLOCK_S=triton.next_power_of_2(splits),
         GROUP=group,
@@ -360,12 +454,25 @@ def attend_triton_decode_spans(
     out = torch.empty_like(q) if out is None else out
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
     _decode_spans_kernel[(rows, splits)](
-        q, k, v, *parts,
-        starts.to(torch.int32).contiguous(), ends.to(torch.int32).contiguous(), num_spans,
-        q.stride(0), q.stride(1),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        kv_heads, qk_scale, cap_in, cap_out,
+        q,
+        k,
+        v,
+        *parts,
+        starts.to(torch.int32).contiguous(),
+        ends.to(torch.int32).contiguous(),
+        num_spans,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        kv_heads,
+        qk_scale,
+        cap_in,
+        cap_out,
         SPLITS=splits,
         GROUP=group,
         BLOCK_M=max(16, triton.next_power_of_2(group)),

@@ -195,8 +195,19 @@ def fill_triton(
     block_d = max(16, triton.next_power_of_2(dim))
     block_s = max(16, min(128, 8192 // block_d))
     _chunk_scores_kernel[(rows, triton.cdiv(slots, block_s))](
-        q, table, lo, hi, scores, sizes, q.stride(0), q.stride(1), kv_heads, slots, length,
-        sink_end, window_start,
+        q,
+        table,
+        lo,
+        hi,
+        scores,
+        sizes,
+        q.stride(0),
+        q.stride(1),
+        kv_heads,
+        slots,
+        length,
+        sink_end,
+        window_start,
         GROUP=q.shape[1] // kv_heads,
         HEAD_DIM=dim,
         BLOCK_D=block_d,
@@ -207,7 +218,17 @@ def fill_triton(
     starts = torch.empty(batch, kv_heads, width, dtype=torch.int32, device=table.device)
     ends = torch.empty_like(starts)
     _fill_kernel[(rows,)](
-        scores, sizes, hi, starts, ends, kv_heads, slots, width, length, sink_end, window_start,
+        scores,
+        sizes,
+        hi,
+        starts,
+        ends,
+        kv_heads,
+        slots,
+        width,
+        length,
+        sink_end,
+        window_start,
         remaining,
         BLOCK_S=1024,
         num_warps=4,

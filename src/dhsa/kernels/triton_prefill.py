@@ -33,7 +33,7 @@ def _prefill_kernel(
     Q,
     K,
     V,
-    O,
+    Out,
     row_stream,
     key_pos,
     key_bias,
@@ -98,17 +98,37 @@ def _prefill_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = attend_stream(
-        acc, m_i, l_i, q,
-        K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
-        stride_kl, stride_vl, key_pos, key_bias,
-        tl.load(row_stream + row), tl.load(row_stream + row + 1),
-        q_pos, q_first, q_last, window, qk_scale, cap_in, cap_out,
-        BLOCK_N, HEAD_DIM, BLOCK_D, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, DOT_PRECISION,
+        acc,
+        m_i,
+        l_i,
+        q,
+        K + b * stride_kb + h * stride_kh,
+        V + b * stride_vb + h * stride_vh,
+        stride_kl,
+        stride_vl,
+        key_pos,
+        key_bias,
+        tl.load(row_stream + row),
+        tl.load(row_stream + row + 1),
+        q_pos,
+        q_first,
+        q_last,
+        window,
+        qk_scale,
+        cap_in,
+        cap_out,
+        BLOCK_N,
+        HEAD_DIM,
+        BLOCK_D,
+        HAS_BIAS,
+        HAS_SOFTCAP,
+        HAS_WINDOW,
+        DOT_PRECISION,
     )
     # Queries that saw no key have l_i == 0 and acc == 0: they output zeros.
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + qi[:, None] * stride_ol
-    tl.store(o_ptrs + offs_d[None, :], out.to(O.dtype.element_ty), mask=io_mask)
+    o_ptrs = Out + b * stride_ob + head[:, None] * stride_oh + qi[:, None] * stride_ol
+    tl.store(o_ptrs + offs_d[None, :], out.to(Out.dtype.element_ty), mask=io_mask)
 
 
 @dataclass(frozen=True)
@@ -158,13 +178,33 @@ def launch_prefill(
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
     grid = (layout.num_rows, head_parts * q_parts)
     _prefill_kernel[grid](
-        q, k, v, out, row_stream, key_pos, key_pos if key_bias is None else key_bias,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        q_len, layout.q_offset, layout.kv_heads, layout.num_q_blocks,
-        layout.sliding_window or 0, qk_scale, cap_in, cap_out,
+        q,
+        k,
+        v,
+        out,
+        row_stream,
+        key_pos,
+        key_pos if key_bias is None else key_bias,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        q_len,
+        layout.q_offset,
+        layout.kv_heads,
+        layout.num_q_blocks,
+        layout.sliding_window or 0,
+        qk_scale,
+        cap_in,
+        cap_out,
         GROUP=group,
         QUERY_BLOCK=bq,
         HEADS=tiles.heads,

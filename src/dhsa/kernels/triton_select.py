@@ -35,8 +35,17 @@ MAX_RESIDENT_CHUNKS = 16384
 
 # Integer arguments are not specialized (Triton would compile one variant per divisibility of each
 # value, so every new tile offset or chunk count of a prompt would compile again).
-@triton.jit(do_not_specialize=["kv_heads", "q0", "tile_blocks", "num_blocks", "num_chunks",
-                               "bounds_stride", "width"])
+@triton.jit(
+    do_not_specialize=[
+        "kv_heads",
+        "q0",
+        "tile_blocks",
+        "num_blocks",
+        "num_chunks",
+        "bounds_stride",
+        "width",
+    ]
+)
 def _prefill_fill_kernel(
     scores,
     bounds,
@@ -152,10 +161,25 @@ def prefill_fill_tile(
     block_n = max(16, triton.next_power_of_2(num_chunks))
     bounds = bounds.contiguous()
     _prefill_fill_kernel[(batch * kv_heads * tile_blocks,)](
-        scores, bounds, regions.sink_start, regions.sink_end, regions.window_start,
-        regions.block_end, regions.candidate_start, regions.candidate_end, remaining,
-        out_starts, out_ends, bad, kv_heads, q0, tile_blocks, out_starts.shape[2], num_chunks,
-        bounds.stride(0), out_starts.shape[3],
+        scores,
+        bounds,
+        regions.sink_start,
+        regions.sink_end,
+        regions.window_start,
+        regions.block_end,
+        regions.candidate_start,
+        regions.candidate_end,
+        remaining,
+        out_starts,
+        out_ends,
+        bad,
+        kv_heads,
+        q0,
+        tile_blocks,
+        out_starts.shape[2],
+        num_chunks,
+        bounds.stride(0),
+        out_starts.shape[3],
         BLOCK_N=block_n,
         num_warps=max(4, min(16, block_n // 1024)),
     )

@@ -7,7 +7,7 @@ caller reuse chunk boundaries across layers; ``scale`` is the attention's softma
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..layout import Layout
 from .chunked import select_block_sparse, select_dhsa

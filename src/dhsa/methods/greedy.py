@@ -62,8 +62,9 @@ def greedy_layout(
     if use_triton is None:
         use_triton = triton_available(q_rep.device) and num_chunks <= _resident_chunks()
     if use_triton:
-        starts, ends, flag = _fill_triton(q_rep, k_rep, bounds, regions, remaining, top,
-                                          tile_elements)
+        starts, ends, flag = _fill_triton(
+            q_rep, k_rep, bounds, regions, remaining, top, tile_elements
+        )
         is_finite, overfull = torch.stack([finite & (flag == 0), flag >= 2]).tolist()
         if overfull:
             raise RuntimeError("the Triton fill took more chunks than its width holds")
@@ -71,8 +72,9 @@ def greedy_layout(
     else:
         # The fill nearly always ends within the `likely` best chunks; only when some block
         # needs more (its best `likely` chunks are all short) is it redone with the sure bound.
-        starts, ends, overflow, short = _fill(q_rep, k_rep, bounds, regions, remaining, likely,
-                                              k_len, tile_elements)
+        starts, ends, overflow, short = _fill(
+            q_rep, k_rep, bounds, regions, remaining, likely, k_len, tile_elements
+        )
         is_finite, too_short = torch.stack([finite & ~overflow, short]).tolist()
         redo = too_short and likely < top
     if not is_finite:
@@ -80,13 +82,21 @@ def greedy_layout(
             "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
         )
     if redo:
-        starts, ends, _, _ = _fill(q_rep, k_rep, bounds, regions, remaining, top, k_len,
-                                   tile_elements)
+        starts, ends, _, _ = _fill(
+            q_rep, k_rep, bounds, regions, remaining, top, k_len, tile_elements
+        )
     keep = ends > starts
     batch, kv_heads = q_rep.shape[:2]
     return Layout.from_counts(
-        keep.sum(-1).reshape(-1), starts[keep], ends[keep], batch=batch, kv_heads=kv_heads,
-        q_len=q_len, k_len=k_len, query_block=query_block, sliding_window=sliding_window,
+        keep.sum(-1).reshape(-1),
+        starts[keep],
+        ends[keep],
+        batch=batch,
+        kv_heads=kv_heads,
+        q_len=q_len,
+        k_len=k_len,
+        query_block=query_block,
+        sliding_window=sliding_window,
     )
 
 
@@ -119,8 +129,7 @@ def _fill_triton(
 def _span_buffers(q_rep: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """Uninitialized int32 ``(starts, ends) [B, Hkv, NQB, width]``: every tile writes its rows."""
     batch, kv_heads, num_blocks, _ = q_rep.shape
-    starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32,
-                         device=q_rep.device)
+    starts = torch.empty(batch, kv_heads, num_blocks, width, dtype=torch.int32, device=q_rep.device)
     return starts, torch.empty_like(starts)
 
 
@@ -165,8 +174,9 @@ def _fill(
         best, order = torch.topk(scores, ranked, dim=-1, sorted=True)
         overflow |= (torch.isnan(best) | (best == torch.inf)).any()
         cost_sorted = cost.gather(-1, order)
-        short |= ((cost_sorted.sum(-1, keepdim=True) < tile_remaining)
-                  & (best[..., -1:] > -torch.inf)).any()
+        short |= (
+            (cost_sorted.sum(-1, keepdim=True) < tile_remaining) & (best[..., -1:] > -torch.inf)
+        ).any()
         before = cost_sorted.cumsum(-1) - cost_sorted
         take = torch.minimum(torch.clamp(tile_remaining - before, min=0), cost_sorted)
         span_end = hi[:, None].expand(-1, kv_heads, -1, -1).gather(-1, order)
