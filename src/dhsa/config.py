@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 CHUNKERS = ("similarity", "fixed", "learned")
+SCORINGS = ("peak", "paper")
 
 # Key lengths from which selection plus sparse attention beats dense attention (budget 2048),
 # measured side by side by `dhsa bench`: on 2 CPU cores dense was faster at 4K and even at 8K
@@ -76,6 +77,13 @@ class DHSAConfig:
     but each new size class compiles the kernel on first use, and its whole-model effect is not
     measured yet.
 
+    ``scoring``: how ``dhsa`` ranks chunks. ``"peak"`` (default): each query head scores the
+    chunks by their mean keys (a per-token attention mass, normalized over the visible keys), the
+    best candidates are rescored by their best single key, and a chunk counts with the largest
+    score any head of its group gives it (:func:`dhsa.methods.scoring.peak_scores`).
+    ``"paper"``: the published rule, one ``sqrt(n) * mean`` vector per chunk against one per
+    query block with the group's heads averaged. ``docs/selection.md`` compares them.
+
     Peer methods:
       - ``dash``: key blocks of ``dash_block`` tokens; block scores are multiplied by
         ``dash_sparsity`` before the 1.5-entmax (larger: fewer blocks kept); ``dash_prior`` adds
@@ -108,6 +116,7 @@ class DHSAConfig:
     vs_slash_share: float = 0.5
     sparse_decode: bool = True
     triton_fill: bool = False
+    scoring: str = "peak"
 
     def __post_init__(self) -> None:
         _require_int("budget", self.budget, 1)
@@ -132,6 +141,8 @@ class DHSAConfig:
         for flag in ("share_boundaries", "dash_prior", "sparse_decode", "triton_fill"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"DHSAConfig.{flag} must be a bool")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"DHSAConfig.scoring={self.scoring!r} is unknown: allowed {SCORINGS}")
         if self.chunker not in CHUNKERS:
             raise ValueError(f"DHSAConfig.chunker={self.chunker!r} is unknown: allowed {CHUNKERS}")
         if self.min_chunk > self.max_chunk:

@@ -37,7 +37,19 @@ from .chunking.similarity import shift_scores
 from .config import DHSAConfig
 from .kernels.dispatch import triton_available
 from .layout import Layout
-from .methods.scoring import _normalize, chunk_representations, query_block_representations
+from .methods.scoring import (
+    _normalize,
+    chunk_representations,
+    head_block_means,
+    peak_scores,
+    query_block_representations,
+)
+
+
+def _table_norm(norm: str) -> str:
+    """The normalization a chunk table stores: ``peak`` scoring reads plain means."""
+    return "mean" if norm == "peak" else norm
+
 
 # The tail slot's end in a chunk table: past any key, so the local window's start always clips it.
 _PAST_ANY_KEY = 1 << 62
@@ -211,6 +223,8 @@ class ChunkSums:
         last_key: Tensor,
         norm: str,
         shortest: int,
+        longest: int,
+        tail_starts: list[int],
     ) -> None:
         self.table = table
         self.lo = lo
@@ -220,13 +234,15 @@ class ChunkSums:
         self.last_key = last_key
         self.norm = norm
         self.shortest = shortest
+        self.longest = longest
+        self.tail_starts = tail_starts
 
     @classmethod
     def build(cls, k: Tensor, tracker: BoundaryTracker, norm: str) -> ChunkSums:
         """The chunk table of ``k [B, Hkv, L, D]`` at the tracker's boundaries."""
         length = k.shape[2]
         bounds = tracker.boundaries(k.device)
-        reps = chunk_representations(k, bounds, norm)
+        reps = chunk_representations(k, bounds, _table_norm(norm))
         closed = [len(row) - 1 for row in tracker.closed]
         cap = max(closed) + 1
         table = torch.zeros(*reps.shape[:2], cap + 1, reps.shape[3], device=k.device)
@@ -241,7 +257,11 @@ class ChunkSums:
         hi[:, -1] = _PAST_ANY_KEY
         lengths = [row[i + 1] - row[i] for row in tracker.closed for i in range(len(row) - 1)]
         shortest = min(lengths, default=1)
-        return cls(table, lo, hi, closed, length, k[:, :, -1].clone(), norm, shortest)
+        longest = max(lengths, default=1)
+        tails = [row[-1] for row in tracker.closed]
+        return cls(
+            table, lo, hi, closed, length, k[:, :, -1].clone(), norm, shortest, longest, tails
+        )
 
     def follows(self, k: Tensor) -> bool:
         """True when ``k [B, Hkv, L', D]`` extends the keys this state absorbed."""
@@ -263,6 +283,7 @@ class ChunkSums:
             self.closed[b] = len(row) - 1
             self.table[b, :, -1] = k[b, :, row[-1] :].float().sum(dim=1)
             self.lo[b, -1] = row[-1]
+            self.tail_starts[b] = row[-1]
         self.length = new_length
         self.last_key = k[:, :, -1].clone()
 
@@ -271,10 +292,11 @@ class ChunkSums:
         if index >= cap:
             self._grow(2 * cap)
         count = torch.full((), end - start, device=keys.device)  # no host-to-device copy
-        self.table[b, :, index] = _normalize(keys.float().sum(dim=1), count, self.norm)
+        self.table[b, :, index] = _normalize(keys.float().sum(dim=1), count, _table_norm(self.norm))
         self.lo[b, index] = start
         self.hi[b, index] = end
         self.shortest = min(self.shortest, end - start)
+        self.longest = max(self.longest, end - start)
 
     def _grow(self, cap: int) -> None:
         old = self.table.shape[2] - 1
@@ -288,7 +310,13 @@ class ChunkSums:
         self.table, self.lo, self.hi = table, lo, hi
 
     def fill(
-        self, q: Tensor, config: DHSAConfig, use_triton: bool | None = None
+        self,
+        q: Tensor,
+        config: DHSAConfig,
+        use_triton: bool | None = None,
+        *,
+        k: Tensor | None = None,
+        scale: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Spans ``(starts, ends)`` ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
         attends: the sink, the local window with the query, then whole chunks in descending
@@ -307,7 +335,7 @@ class ChunkSums:
         remaining = max(config.budget - sink_end - (length - window_start), 0)
         top = min(self.table.shape[2], -(-remaining // max(self.shortest, 1)) + 2)
         if use_triton is None:
-            use_triton = triton_available(self.table.device)
+            use_triton = triton_available(self.table.device) and self.norm != "peak"
         if use_triton:
             from .kernels.triton_decode_fill import fill_triton
 
@@ -324,10 +352,16 @@ class ChunkSums:
                 norm=self.norm,
             )
         batch, kv_heads = self.table.shape[:2]
-        scores = self.chunk_scores(q)
         tail_count = (length - self.lo[:, -1]).clamp(min=1)
-        tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
-        scores[:, :, -1] /= tail_scale[:, None]
+        if self.norm == "peak":
+            if k is None:
+                raise ValueError("the peak decode scoring needs the keys k")
+            scale = q.shape[-1] ** -0.5 if scale is None else scale
+            scores = self.peak_scores(q, k, tail_count, sink_end, window_start, remaining, scale)
+        else:
+            scores = self.chunk_scores(q)
+            tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
+            scores[:, :, -1] /= tail_scale[:, None]
         lo = self.lo.clamp(min=sink_end)
         hi = self.hi.clamp(max=window_start)
         cost = (hi - lo).clamp(min=0)
@@ -344,6 +378,45 @@ class ChunkSums:
         torch.sub(ends, take, out=span_starts[..., 2:])
         span_ends[..., 2:] = ends
         return span_starts, span_ends
+
+    def peak_scores(
+        self,
+        q: Tensor,
+        k: Tensor,
+        tail_count: Tensor,
+        sink_end: int,
+        window_start: int,
+        remaining: int,
+        scale: float,
+    ) -> Tensor:
+        """Float32 ``[B, Hkv, cap + 1]``: the ``peak`` scores (:func:`peak_scores`) of the
+        table's slots for the newest query ``q [B, Hq, 1, D]`` with every head on its own,
+        rescoring the best candidates by their best key in ``k [B, Hkv, L, D]``."""
+        kv_heads = self.table.shape[1]
+        means = self.table.clone()
+        means[:, :, -1] /= tail_count[:, None, None].float()
+        device = self.table.device
+
+        def at(value: int) -> Tensor:
+            return torch.full((1,), value, dtype=torch.int64, device=device)
+
+        chunks = sum(self.closed) + len(self.closed)  # the open tails count as chunks too
+        scores = peak_scores(
+            head_block_means(q, kv_heads, 1),
+            k,
+            means,
+            self.lo,
+            self.hi.clamp(max=self.length),
+            at(0),
+            at(self.length),
+            at(sink_end),
+            at(window_start),
+            scale=scale,
+            room=max(remaining, 1),
+            typical_chunk=self.length * len(self.closed) / chunks,
+            longest=max(self.longest, self.length - min(self.tail_starts)),
+        )
+        return scores[:, :, 0]
 
     def chunk_scores(self, q: Tensor) -> Tensor:
         """Float32 ``[B, Hkv, cap + 1]``: each slot of the table scored by the newest query
@@ -393,7 +466,8 @@ class DecodeSession:
         *,
         layer: int,
         row: int | None = None,
-        norm: str = "sqrt",
+        norm: str | None = None,
+        scale: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Spans ``(starts, ends)`` (integer ``[B, Hkv, S]``) of the newest query
         ``q [B, Hq, 1, D]`` over ``k [B, Hkv, L, D]`` (see :meth:`ChunkSums.fill`): the first
@@ -406,6 +480,8 @@ class DecodeSession:
         """
         if q.shape[2] != 1:
             raise ValueError(f"decode selection takes one query token, got {q.shape[2]}")
+        if norm is None:
+            norm = "peak" if config.scoring == "peak" else "sqrt"
         length = k.shape[2]
         key = (layer, row)
         tracker_key = self._tracker_key(layer, row, config.share_boundaries)
@@ -429,7 +505,7 @@ class DecodeSession:
             self._chunks[key] = chunks
         else:
             chunks.advance(k, tracker)
-        return chunks.fill(q, config)
+        return chunks.fill(q, config, k=k, scale=scale)
 
     def select(
         self,
@@ -439,7 +515,7 @@ class DecodeSession:
         *,
         layer: int,
         row: int | None = None,
-        norm: str = "sqrt",
+        norm: str | None = None,
     ) -> Layout:
         """The spans of :meth:`select_spans` as a layout (``q_len = 1``, one row per
         ``(batch, kv_head)``)."""

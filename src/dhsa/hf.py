@@ -364,8 +364,11 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
         )
     if q_len == 1 and method in INCREMENTAL_NORMS:
         chosen = config if method == "dhsa" else config.replace(chunker="fixed")
+        norm = INCREMENTAL_NORMS[method]
+        if method == "dhsa" and config.scoring == "peak":
+            norm = "peak"
         starts, ends = binding.session.select_spans(
-            q, k, chosen, layer=layer, row=row, norm=INCREMENTAL_NORMS[method]
+            q, k, chosen, layer=layer, row=row, norm=norm, scale=scale
         )
         return attend_decode(
             q, k, v, starts, ends, scale=scale, softcap=softcap, backend=binding.backend

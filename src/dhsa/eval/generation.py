@@ -11,30 +11,50 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import DHSAConfig
+from ..config import SCORINGS, DHSAConfig
 from .haystack import TokenCounter
 
 
 @dataclass(frozen=True)
 class Contender:
-    """An attention method and its token budget (None for ``dense``)."""
+    """An attention method and its token budget (None for ``dense``); ``scoring`` picks the
+    ``dhsa`` chunk scoring (:attr:`DHSAConfig.scoring`) when it is not the default."""
 
     method: str
     budget: int | None
+    scoring: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The method as the command line and the result files name it (``dhsa-paper``)."""
+        return self.method if self.scoring is None else f"{self.method}-{self.scoring}"
 
     @property
     def name(self) -> str:
-        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+        return self.label if self.budget is None else f"{self.label}@{self.budget}"
 
     def config(self, base: DHSAConfig) -> DHSAConfig:
         budget = base.budget if self.budget is None else self.budget
-        return base.replace(budget=budget, min_length=0)
+        scoring = base.scoring if self.scoring is None else self.scoring
+        return base.replace(budget=budget, min_length=0, scoring=scoring)
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """``"dhsa-paper"`` -> ``("dhsa", "paper")``: a ``dhsa`` scoring named after a dash
+    (:data:`dhsa.config.SCORINGS`); any other name is a method on its own."""
+    method, _, scoring = name.partition("-")
+    if method == "dhsa" and scoring:
+        if scoring not in SCORINGS:
+            raise ValueError(f"unknown dhsa scoring {scoring!r} in {name!r}: allowed {SCORINGS}")
+        return method, scoring
+    return name, None
 
 
 def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:
     """``dense`` once (budget-free), every other method at every budget."""
     out = [Contender("dense", None)] if "dense" in methods else []
-    out += [Contender(m, b) for m in methods if m != "dense" for b in budgets]
+    sparse = [split_method(m) for m in methods if m != "dense"]
+    out += [Contender(method, b, scoring) for method, scoring in sparse for b in budgets]
     return out
 
 

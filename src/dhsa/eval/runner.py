@@ -58,7 +58,7 @@ def run_grid(
     # of several chunkers can share a result file without taking each other's cells as done.
     names = {
         c: method_label(
-            c.method,
+            c.label,
             base_config.chunker,
             base_config.share_boundaries,
             base_config.sparse_decode,

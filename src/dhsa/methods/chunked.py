@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from ..chunking import check_boundaries, compute_boundaries, fixed_boundaries
@@ -10,7 +13,16 @@ from ..config import DHSAConfig
 from ..layout import Layout
 from .greedy import greedy_layout
 from .regions import block_regions
-from .scoring import chunk_representations, query_block_representations
+from .scoring import (
+    CANDIDATE_FACTOR,
+    chunk_representations,
+    head_block_means,
+    peak_scores,
+    query_block_representations,
+)
+
+# Float elements one tile of the ``peak`` rescoring may gather (keys of its candidate chunks).
+PEAK_TILE_ELEMENTS = 1 << 25
 
 
 def chunk_select(
@@ -21,6 +33,8 @@ def chunk_select(
     *,
     norm: str,
     sliding_window: int | None,
+    peak: bool = False,
+    scale: float | None = None,
 ) -> Layout:
     """Score the chunks ``bounds`` of ``k`` against query blocks of ``q`` and fill the budget."""
     q_len, k_len = q.shape[2], k.shape[2]
@@ -29,6 +43,9 @@ def chunk_select(
     )
     q_rep = query_block_representations(q, k.shape[1], config.query_block, norm)
     k_rep = chunk_representations(k, bounds, norm)
+    tiles = None
+    if peak:
+        tiles = _peak_tiles(q, k, bounds, regions, config, scale, k_rep)
     return greedy_layout(
         q_rep,
         k_rep,
@@ -40,7 +57,48 @@ def chunk_select(
         query_block=config.query_block,
         sliding_window=sliding_window,
         use_triton=None if config.triton_fill else False,
+        score_tiles=tiles,
     )
+
+
+def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_means: Tensor):
+    """The ``peak`` scores (:func:`peak_scores`) as a function returning tiles of query blocks."""
+    kv_heads, dim = k.shape[1], k.shape[3]
+    head_q = head_block_means(q, kv_heads, config.query_block)
+    lo, hi = bounds[:, :-1], bounds[:, 1:]
+    lengths = hi - lo
+    longest, chunks = (int(x) for x in torch.stack([lengths.max(), (lengths > 0).sum()]).tolist())
+    typical = int(bounds[:, -1].max()) / max(chunks / bounds.shape[0], 1)
+    room = max(int((config.budget - regions.fixed_cost).clamp(min=0).max()), 1)
+    keep = min(lengths.shape[1], int(CANDIDATE_FACTOR * room / max(typical, 1.0)) + 2)
+    per_row = k.shape[0] * kv_heads * keep * longest * (dim + head_q.shape[2])
+    tile = max(1, PEAK_TILE_ELEMENTS // max(per_row, 1))
+    num_blocks = head_q.shape[3]
+
+    def tiles():
+        for q0 in range(0, num_blocks, tile):
+            q1 = min(q0 + tile, num_blocks)
+            yield (
+                q0,
+                q1,
+                peak_scores(
+                    head_q[:, :, :, q0:q1],
+                    k,
+                    chunk_means,
+                    lo,
+                    hi,
+                    regions.lowest[q0:q1],
+                    regions.block_end[q0:q1],
+                    regions.candidate_start[q0:q1],
+                    regions.candidate_end[q0:q1],
+                    scale=scale,
+                    room=room,
+                    typical_chunk=typical,
+                    longest=longest,
+                ),
+            )
+
+    return tiles
 
 
 def select_dhsa(
@@ -51,6 +109,18 @@ def select_dhsa(
         boundaries = compute_boundaries(k, config)
     else:
         check_boundaries(boundaries, k.shape[0], k.shape[2])
+    if config.scoring == "peak":
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        return chunk_select(
+            q,
+            k,
+            boundaries,
+            config,
+            norm="mean",
+            sliding_window=sliding_window,
+            peak=True,
+            scale=scale,
+        )
     return chunk_select(q, k, boundaries, config, norm="sqrt", sliding_window=sliding_window)
 
 

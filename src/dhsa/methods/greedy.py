@@ -38,6 +38,7 @@ def greedy_layout(
     sliding_window: int | None,
     tile_elements: int = 1 << 24,
     use_triton: bool | None = None,
+    score_tiles=None,
 ) -> Layout:
     """Layout keeping sink + window + the best-scoring chunks within ``budget`` keys per block.
 
@@ -52,7 +53,12 @@ def greedy_layout(
     unless ``triton_fill``) fills each tile with one launch of
     :mod:`dhsa.kernels.triton_select` instead of the tensor operations of :func:`_fill`; spans
     that touch stay separate there, so the two layouts keep the same keys in different spans.
+
+    ``score_tiles`` (a function returning an iterable of ``(q0, q1, scores [B, Hkv, q1 - q0,
+    N])``) replaces the dot-product scores of ``q_rep`` and ``k_rep``, which then serve only the
+    finiteness check.
     """
+    tiles = score_tiles or (lambda: _score_tiles(q_rep, k_rep, tile_elements))
     num_chunks = k_rep.shape[2]
     remaining = torch.clamp(budget - regions.fixed_cost, min=0)
     most = int(remaining.max())
@@ -62,9 +68,7 @@ def greedy_layout(
     if use_triton is None:
         use_triton = triton_available(q_rep.device) and num_chunks <= _resident_chunks()
     if use_triton:
-        starts, ends, flag = _fill_triton(
-            q_rep, k_rep, bounds, regions, remaining, top, tile_elements
-        )
+        starts, ends, flag = _fill_triton(q_rep, tiles, bounds, regions, remaining, top)
         is_finite, overfull = torch.stack([finite & (flag == 0), flag >= 2]).tolist()
         if overfull:
             raise RuntimeError("the Triton fill took more chunks than its width holds")
@@ -73,7 +77,7 @@ def greedy_layout(
         # The fill nearly always ends within the `likely` best chunks; only when some block
         # needs more (its best `likely` chunks are all short) is it redone with the sure bound.
         starts, ends, overflow, short = _fill(
-            q_rep, k_rep, bounds, regions, remaining, likely, k_len, tile_elements
+            q_rep, tiles, bounds, regions, remaining, likely, k_len
         )
         is_finite, too_short = torch.stack([finite & ~overflow, short]).tolist()
         redo = too_short and likely < top
@@ -82,9 +86,7 @@ def greedy_layout(
             "q or k contains NaN or Inf: chunk scores are not finite, refusing to select"
         )
     if redo:
-        starts, ends, _, _ = _fill(
-            q_rep, k_rep, bounds, regions, remaining, top, k_len, tile_elements
-        )
+        starts, ends, _, _ = _fill(q_rep, tiles, bounds, regions, remaining, top, k_len)
     keep = ends > starts
     batch, kv_heads = q_rep.shape[:2]
     return Layout.from_counts(
@@ -108,12 +110,11 @@ def _resident_chunks() -> int:
 
 def _fill_triton(
     q_rep: Tensor,
-    k_rep: Tensor,
+    tiles,
     bounds: Tensor,
     regions: BlockRegions,
     remaining: Tensor,
     ranked: int,
-    tile_elements: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_fill` with one Triton launch per tile (scores by one matrix product): padded spans
     ``[B, Hkv, NQB, ranked + 2]`` and the kernel's flag (1: a non-finite score)."""
@@ -121,7 +122,7 @@ def _fill_triton(
 
     out_starts, out_ends = _span_buffers(q_rep, ranked + 2)
     flag = torch.zeros(1, dtype=torch.int32, device=q_rep.device)
-    for q0, _, scores in _score_tiles(q_rep, k_rep, tile_elements):
+    for q0, _, scores in tiles():
         prefill_fill_tile(scores, bounds, regions, remaining, q0, out_starts, out_ends, flag)
     return out_starts, out_ends, flag[0]
 
@@ -145,13 +146,12 @@ def _score_tiles(q_rep: Tensor, k_rep: Tensor, tile_elements: int):
 
 def _fill(
     q_rep: Tensor,
-    k_rep: Tensor,
+    tiles,
     bounds: Tensor,
     regions: BlockRegions,
     remaining: Tensor,
     ranked: int,
     k_len: int,
-    tile_elements: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The fill over each block's best ``ranked`` chunks: padded merged spans
     ``[B, Hkv, NQB, ranked + 2]`` (int32 starts and ends, empty slots last), whether a ranked
@@ -165,7 +165,7 @@ def _fill(
     out_starts, out_ends = _span_buffers(q_rep, width)
     overflow = torch.zeros((), dtype=torch.bool, device=device)
     short = torch.zeros((), dtype=torch.bool, device=device)
-    for q0, q1, scores in _score_tiles(q_rep, k_rep, tile_elements):
+    for q0, q1, scores in tiles():
         lo = torch.maximum(chunk_lo, regions.candidate_start[q0:q1, None])
         hi = torch.minimum(chunk_hi, regions.candidate_end[q0:q1, None])
         cost = torch.clamp(hi - lo, min=0)[:, None].expand(-1, kv_heads, -1, -1)

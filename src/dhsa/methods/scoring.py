@@ -58,3 +58,97 @@ def query_block_representations(q: Tensor, kv_heads: int, query_block: int, norm
     counts = torch.full((num_blocks,), query_block, device=q.device)
     counts[-1] = q_len - (num_blocks - 1) * query_block
     return _normalize(sums, counts[:, None], norm)
+
+
+# Stage 1 of the ``peak`` scoring keeps, per query block, the best chunks covering this many times
+# the keys the budget has room for; stage 2 rescores only those (benchmarks/selection_study).
+CANDIDATE_FACTOR = 3
+
+
+def head_block_means(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
+    """Float32 ``[B, Hkv, G, NQB, D]``: every query head's mean query over each query block.
+
+    Unlike :func:`query_block_representations` the ``G`` heads of a KV group stay apart: a key
+    that one head looks for is not averaged away by the others.
+    """
+    batch, q_heads, q_len, dim = q.shape
+    group = q_heads // kv_heads
+    num_blocks = -(-q_len // query_block)
+    padded = num_blocks * query_block
+    x = q.float().view(batch, kv_heads, group, q_len, dim)
+    if padded != q_len:
+        x = torch.nn.functional.pad(x, (0, 0, 0, padded - q_len))
+    sums = x.view(batch, kv_heads, group, num_blocks, query_block, dim).sum(dim=4)
+    counts = torch.full((num_blocks,), query_block, device=q.device, dtype=torch.float32)
+    counts[-1] = q_len - (num_blocks - 1) * query_block
+    return sums / counts[:, None]
+
+
+def peak_scores(
+    head_q: Tensor,
+    k: Tensor,
+    chunk_means: Tensor,
+    chunk_lo: Tensor,
+    chunk_hi: Tensor,
+    visible_start: Tensor,
+    visible_end: Tensor,
+    candidate_lo: Tensor,
+    candidate_hi: Tensor,
+    *,
+    scale: float,
+    room: int,
+    typical_chunk: float,
+    longest: int,
+) -> Tensor:
+    """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
+
+    ``head_q [B, Hkv, G, T, D]`` holds each query head's (mean) query of each row; ``k [B, Hkv,
+    L, D]`` the keys; ``chunk_means [B, Hkv, N, D]`` (float32) the mean key of every chunk, whose
+    keys are ``[chunk_lo, chunk_hi)`` (int64 ``[B, N]``). Row ``t`` sees the keys in
+    ``[visible_start, visible_end)`` and may add the candidate keys ``[candidate_lo,
+    candidate_hi)`` (all ``[T]``).
+
+    Stage 1 (chunk level, length-normalized): each head's logits against the chunk means give a
+    per-token attention mass ``exp(s_c - lse)``, with ``lse = logsumexp_c(s_c + log n_c)`` over
+    the visible chunks; summed over the group's heads, they rank the candidate chunks, and the best
+    ones covering ``CANDIDATE_FACTOR * room`` keys (at ``typical_chunk`` keys each) go on. Stage 2
+    (token level): each of those chunks is scored by its best key, ``max_{t in c, g} (scale q_g .
+    k_t - lse_g)``, the largest per-token mass estimate any head gives it. The other candidates
+    keep their stage-1 score far below (``-1e4``), so a fill still reaches them in that order.
+    Nothing of size ``L x L`` is formed: stage 2 reads ``T x candidates x longest`` keys.
+    """
+    batch, kv_heads, group, rows, dim = head_q.shape
+    num_chunks = chunk_means.shape[2]
+    device = k.device
+    lo = chunk_lo[:, None, None, :]
+    hi = chunk_hi[:, None, None, :]
+    lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
+    visible = (lo < visible_end[None, None, :, None]) & (hi > visible_start[None, None, :, None])
+    visible &= hi > lo
+    coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
+    coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
+    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)
+    stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
+    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None])
+    cand_hi = torch.minimum(hi, candidate_hi[None, None, :, None])
+    cost = (cand_hi - cand_lo).clamp(min=0).expand(-1, kv_heads, -1, -1)
+    stage1 = stage1.masked_fill(cost == 0, -torch.inf)
+    keep = min(num_chunks, int(CANDIDATE_FACTOR * room / max(typical_chunk, 1.0)) + 2)
+    best = stage1.topk(keep, dim=-1).indices  # [B, Hkv, T, M]
+    start = cand_lo.expand(-1, kv_heads, -1, -1).gather(-1, best)
+    end = cand_hi.expand(-1, kv_heads, -1, -1).gather(-1, best)
+    offsets = torch.arange(longest, device=device)
+    positions = start[..., None] + offsets  # [B, Hkv, T, M, W]
+    inside = positions < end[..., None]
+    flat = positions.clamp(max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
+    heads = torch.arange(batch * kv_heads, device=device)[:, None]
+    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, flat]
+    keys = keys.view(batch, kv_heads, rows, keep * longest, dim)
+    fine = keys @ head_q.to(k.dtype).permute(0, 1, 3, 4, 2)  # [B, Hkv, T, M * W, G]
+    fine = scale * fine.float().view(batch, kv_heads, rows, keep, longest, group)
+    fine = fine.masked_fill(~inside[..., None], -torch.inf).amax(dim=4)  # [B, Hkv, T, M, G]
+    fine = (fine - lse.permute(0, 1, 3, 4, 2)).amax(dim=-1)  # [B, Hkv, T, M]
+    fine = torch.where(stage1.gather(-1, best) > -torch.inf, fine, -torch.inf)
+    scores = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
+    scores = scores.masked_fill(cost == 0, -torch.inf)
+    return scores.scatter(-1, best, fine)
