@@ -35,8 +35,9 @@ from .chunking import compute_boundaries, load_predictor, pad_boundaries
 from .chunking.learned import cut_logits
 from .chunking.similarity import shift_scores
 from .config import DHSAConfig
-from .kernels.dispatch import triton_available
+from .fill import chunks_taken_bound, greedy_fill, triton_fill_usable
 from .layout import Layout
+from .methods.regions import last_query_regions
 from .methods.scoring import _normalize, chunk_representations, query_block_representations
 
 # The tail slot's end in a chunk table: past any key, so the local window's start always clips it.
@@ -290,67 +291,46 @@ class ChunkSums:
     def fill(
         self, q: Tensor, config: DHSAConfig, use_triton: bool | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Spans ``(starts, ends)`` ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
-        attends: the sink, the local window with the query, then whole chunks in descending
-        ``q . k_c`` score, the last one cut to the tokens that still fit, until ``budget`` keys
-        (the prefill selector's rule with one-token query blocks). Spans are disjoint; unused
-        ones are empty (``start == end``).
+        """Spans ``(starts, ends)`` int32 ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
+        attends: the prefill's fill (:func:`dhsa.fill.greedy_fill`) for one query block of one
+        token, over this table's :meth:`chunk_scores`. Each row holds the sink, the chosen chunks
+        (the open tail among them) in position order, the local window with the query, then
+        empty ``(0, 0)`` spans: disjoint and at most ``budget`` keys.
 
-        No device-to-host synchronization: the host knows the length, the window and the most
-        chunks the fill can touch. ``use_triton`` (default: on CUDA when Triton is there) runs
-        the two-launch fill of :mod:`dhsa.kernels.triton_decode_fill` (int32 spans, chunks in
-        slot order) instead of the tensor operations here (int64, best first).
+        No device-to-host synchronization: the regions are host integers of the length, and the
+        most chunks the fill can touch follows from the shortest closed chunk, also on the host.
+        Scores are not checked for NaN here (a prefill over the same keys was). ``use_triton``
+        (default: on CUDA when Triton is there and the table fits the fill's registers) scores
+        with :mod:`dhsa.kernels.triton_decode_scores` and fills with the Triton fill: two
+        launches.
         """
-        length = self.length
-        window_start = max(length - 1 - config.local, 0)
-        sink_end = min(window_start, config.sink)
-        remaining = max(config.budget - sink_end - (length - window_start), 0)
-        top = min(self.table.shape[2], -(-remaining // max(self.shortest, 1)) + 2)
+        regions = last_query_regions(self.length, config.sink, config.local)
+        regions = regions.fill_regions(config.budget)
+        slots = self.table.shape[2]
+        top = min(slots, chunks_taken_bound(regions.remaining, self.shortest))
         if use_triton is None:
-            use_triton = triton_available(self.table.device)
-        if use_triton:
-            from .kernels.triton_decode_fill import fill_triton
+            use_triton = triton_fill_usable(self.table.device, slots)
+        scores = self.chunk_scores(q, use_triton=use_triton)
+        starts, ends, _ = greedy_fill(
+            scores[:, :, None], self.lo, self.hi, regions, width=top + 2, use_triton=use_triton
+        )
+        return starts[:, :, 0], ends[:, :, 0]
 
-            return fill_triton(
-                q,
-                self.table,
-                self.lo,
-                self.hi,
-                length=length,
-                sink_end=sink_end,
-                window_start=window_start,
-                remaining=remaining,
-                width=top + 2,
-                norm=self.norm,
-            )
-        batch, kv_heads = self.table.shape[:2]
-        scores = self.chunk_scores(q)
-        tail_count = (length - self.lo[:, -1]).clamp(min=1)
+    def chunk_scores(self, q: Tensor, use_triton: bool = False) -> Tensor:
+        """Float32 ``[B, Hkv, cap + 1]``: each slot of the table scored by the newest query
+        ``q [B, Hq, 1, D]`` (the query heads of a group averaged), the tail slot's key sum
+        normalized by the tail's length like a closed chunk. ``use_triton``: one Triton launch
+        (:func:`dhsa.kernels.triton_decode_scores.chunk_scores_triton`)."""
+        if use_triton:
+            from .kernels.triton_decode_scores import chunk_scores_triton
+
+            return chunk_scores_triton(q, self.table, self.lo, length=self.length, norm=self.norm)
+        query = query_block_representations(q, self.table.shape[1], 1, self.norm)
+        scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
+        tail_count = (self.length - self.lo[:, -1]).clamp(min=1)
         tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
         scores[:, :, -1] /= tail_scale[:, None]
-        lo = self.lo.clamp(min=sink_end)
-        hi = self.hi.clamp(max=window_start)
-        cost = (hi - lo).clamp(min=0)
-        scores.masked_fill_((cost == 0)[:, None], -torch.inf)
-        order = torch.topk(scores, top, dim=-1, sorted=True).indices
-        cost = cost[:, None].expand(-1, kv_heads, -1).gather(-1, order)
-        take = torch.minimum((remaining - cost.cumsum(-1) + cost).clamp(min=0), cost)
-        ends = hi[:, None].expand(-1, kv_heads, -1).gather(-1, order)
-        span_starts = ends.new_empty(batch, kv_heads, top + 2)
-        span_ends = torch.empty_like(span_starts)
-        for column, (start, end) in enumerate(((0, sink_end), (window_start, length))):
-            span_starts[..., column] = start
-            span_ends[..., column] = end
-        torch.sub(ends, take, out=span_starts[..., 2:])
-        span_ends[..., 2:] = ends
-        return span_starts, span_ends
-
-    def chunk_scores(self, q: Tensor) -> Tensor:
-        """Float32 ``[B, Hkv, cap + 1]``: each slot of the table scored by the newest query
-        ``q [B, Hq, 1, D]`` (the query heads of a group averaged); the tail slot's score is
-        still that of its key sum, which :meth:`fill` normalizes by the tail's length."""
-        query = query_block_representations(q, self.table.shape[1], 1, self.norm)
-        return (self.table @ query.transpose(-1, -2)).squeeze(-1)
+        return scores
 
 
 class DecodeSession:
