@@ -59,9 +59,7 @@ def regions_of(length, q_len, query_block, sink, local, window, budget):
 
 
 def run(scores, lo, hi, regions, width, use_triton):
-    tensors = FillRegions(
-        *(x if isinstance(x, int) else x.to(DEVICE) for x in regions.fields())
-    )
+    tensors = FillRegions(*(x if isinstance(x, int) else x.to(DEVICE) for x in regions.fields()))
     starts, ends, status = greedy_fill(
         scores.to(DEVICE),
         lo.to(DEVICE),
@@ -198,3 +196,65 @@ def test_the_specification_keeps_the_token_level_top_keys(seed):
         if bool(part.any()):  # a chunk's kept keys are its latest ones
             assert bool(part[int(part.int().argmax()) :].all())
     assert [start for start, _ in spans[1:-1]] == sorted(start for start, _ in spans[1:-1])
+
+
+@pytest.mark.parametrize("use_triton", WAYS)
+def test_tiles_written_into_one_buffer_equal_one_call(rng, use_triton):
+    """A prefill writes each tile of blocks into a slice of one buffer, gathering one status."""
+    length, num_chunks = 157, 19
+    regions = regions_of(length, length, 8, 4, 9, None, 40)
+    blocks = regions.remaining.numel()
+    lo, hi = random_chunks(rng, 2, length, num_chunks)
+    lo, hi = lo.to(DEVICE), hi.to(DEVICE)
+    regions = FillRegions(*(x.to(DEVICE) for x in regions.fields()))
+    scores = torch.randn(2, 2, blocks, num_chunks, generator=rng).to(DEVICE)
+    whole = greedy_fill(scores, lo, hi, regions, width=num_chunks + 2, use_triton=use_triton)
+    starts = torch.full_like(whole[0], -7)
+    ends = torch.full_like(starts, -7)
+    status = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    for q0 in range(0, blocks, 6):
+        q1 = min(q0 + 6, blocks)
+        greedy_fill(
+            scores[:, :, q0:q1],
+            lo,
+            hi,
+            regions.tile(q0, q1),
+            width=num_chunks + 2,
+            out=(starts[:, :, q0:q1], ends[:, :, q0:q1]),
+            status=status,
+            use_triton=use_triton,
+        )
+    assert torch.equal(starts, whole[0]) and torch.equal(ends, whole[1])
+    assert status.tolist() == [0, 0]
+
+
+def test_a_decode_step_fills_by_the_specification():
+    """The spans of a decode session are the specification's fill of its own chunk scores."""
+    import dhsa
+    from dhsa.decode import DecodeSession
+    from dhsa.methods.regions import last_query_regions
+
+    gen = torch.Generator().manual_seed(3)
+    config = dhsa.DHSAConfig(budget=60, sink=4, local=8, query_block=8, min_chunk=3, max_chunk=12)
+    q = torch.randn(2, 4, 1, 16, generator=gen)
+    k = torch.randn(2, 2, 211, 16, generator=gen)
+    session = DecodeSession()
+    starts, ends = session.select_spans(q, k, config, layer=0)
+    chunks = session._chunks[(0, None)]
+    regions = last_query_regions(211, config.sink, config.local).fill_regions(config.budget)
+    spec = naive_fill(chunks.chunk_scores(q)[:, :, None], chunks.lo, chunks.hi, regions)
+    want = padded(spec, starts.shape[-1])
+    assert torch.equal(starts, want[0][:, :, 0]) and torch.equal(ends, want[1][:, :, 0])
+    assert int((ends - starts).sum(-1).min()) == config.budget
+
+
+def test_decode_regions_are_the_prefill_regions_of_one_query():
+    from dhsa.methods.regions import last_query_regions
+
+    for length in (1, 2, 5, 17, 64, 65, 300):
+        for sink, local in ((0, 0), (4, 8), (64, 128), (3, 400)):
+            tensors = block_regions(1, length, 1, sink, local, None, "cpu")
+            ints = last_query_regions(length, sink, local)
+            for name in ("sink_start", "sink_end", "window_start", "block_end", "candidate_start"):
+                assert [int(getattr(tensors, name)[0])] == [getattr(ints, name)], name
+            assert int(tensors.fill_regions(50).remaining[0]) == ints.fill_regions(50).remaining

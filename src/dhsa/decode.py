@@ -310,21 +310,22 @@ class ChunkSums:
         top = min(slots, chunks_taken_bound(regions.remaining, self.shortest))
         if use_triton is None:
             use_triton = triton_fill_usable(self.table.device, slots)
-        scores = self.chunk_scores(q, use_triton=use_triton)
+        if use_triton:
+            from .kernels.triton_decode_scores import chunk_scores_triton
+
+            scores = chunk_scores_triton(q, self.table, self.lo, length=self.length, norm=self.norm)
+        else:
+            scores = self.chunk_scores(q)
         starts, ends, _ = greedy_fill(
             scores[:, :, None], self.lo, self.hi, regions, width=top + 2, use_triton=use_triton
         )
         return starts[:, :, 0], ends[:, :, 0]
 
-    def chunk_scores(self, q: Tensor, use_triton: bool = False) -> Tensor:
+    def chunk_scores(self, q: Tensor) -> Tensor:
         """Float32 ``[B, Hkv, cap + 1]``: each slot of the table scored by the newest query
         ``q [B, Hq, 1, D]`` (the query heads of a group averaged), the tail slot's key sum
-        normalized by the tail's length like a closed chunk. ``use_triton``: one Triton launch
-        (:func:`dhsa.kernels.triton_decode_scores.chunk_scores_triton`)."""
-        if use_triton:
-            from .kernels.triton_decode_scores import chunk_scores_triton
-
-            return chunk_scores_triton(q, self.table, self.lo, length=self.length, norm=self.norm)
+        normalized by the tail's length like a closed chunk. On CUDA :meth:`fill` computes the
+        same in one launch (:func:`dhsa.kernels.triton_decode_scores.chunk_scores_triton`)."""
         query = query_block_representations(q, self.table.shape[1], 1, self.norm)
         scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
         tail_count = (self.length - self.lo[:, -1]).clamp(min=1)
