@@ -20,11 +20,14 @@ _NO_CANDIDATE = torch.iinfo(torch.int64).min
 def rank_keys(scores: Tensor) -> Tensor:
     """Int64 ``[..., N]``, distinct per row, ordered like ``scores`` (float32 ``[..., N]``) with
     equal scores ordered by position, lower index higher; ``-0.0`` ranks as ``0.0``."""
+    # In place where possible: a prefill tile of scores is tens of MB.
     bits = scores.contiguous().view(torch.int32)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    key = key.masked_fill(scores == 0, 0).to(torch.int64)
+    flipped = (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)
+    flipped.masked_fill_(scores == 0, 0)
+    key = flipped.to(torch.int64)
+    del flipped
     index = torch.arange(scores.shape[-1], device=scores.device)
-    return key * (1 << 32) + ((1 << 32) - 1 - index)
+    return key.mul_(1 << 32).add_((1 << 32) - 1 - index)
 
 
 def _per_block(field: Tensor | int, trailing: int) -> Tensor | int:
@@ -51,7 +54,7 @@ def fill_torch(
     size = torch.clamp(chunk_hi - chunk_lo, min=0).expand(batch, tiles, num_chunks)
     bad = (torch.isnan(scores) | (scores == torch.inf)).any()
 
-    key = rank_keys(scores).masked_fill((size == 0)[:, None], _NO_CANDIDATE)
+    key = rank_keys(scores).masked_fill_((size == 0)[:, None], _NO_CANDIDATE)
     order = torch.topk(key, ranked, dim=-1, sorted=True).indices
     by_row = (batch, kv_heads, tiles, num_chunks)
     size_ranked = size[:, None].expand(by_row).gather(-1, order)
