@@ -141,6 +141,8 @@ def test_decode_steps_match_the_specification(seed, use_triton):
     scores = random_scores(gen, (batch, kv_heads, 1, slots), ties=seed % 2 == 1)
     assert_matches_spec(scores, lo, hi, regions, slots + 2, use_triton)
     assert_matches_spec(scores, lo, hi, tensors, slots + 2, use_triton)
+    mixed = FillRegions(*regions.fields()[:-1], tensors.remaining)
+    assert_matches_spec(scores, lo, hi, mixed, slots + 2, use_triton)
 
 
 @pytest.mark.parametrize("use_triton", WAYS)

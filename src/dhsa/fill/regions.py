@@ -13,7 +13,7 @@ class FillRegions:
 
     Every field is int64 ``[T]`` (one value per query block of the tile, on the scores' device) or
     a Python int (the same value for every block, as a decode step gives it, so nothing is copied
-    to the device). Key positions are absolute:
+    to the device); fields may mix the two. Key positions are absolute:
 
     - ``[sink_start, sink_end)``: the attention sink, always kept (may be empty);
     - ``[window_start, window_end)``: the local window ending at the block's last query, always

@@ -19,6 +19,7 @@ than :data:`MAX_RESIDENT_CHUNKS` chunks do not fit the registers (use the torch 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -188,11 +189,19 @@ def fill_triton(
         )
     # One compiled variant per power of two of the chunk count (the register width).
     block_n = max(16, triton.next_power_of_2(num_chunks))
+    fields = regions.fields()
+    if not regions.scalar:  # pointers all, one int64 per block
+        fields = [
+            torch.full((tiles,), x, dtype=torch.int64, device=scores.device)
+            if isinstance(x, int)
+            else x.to(torch.int64).contiguous()
+            for x in fields
+        ]
     _fill_kernel[(batch * kv_heads * tiles,)](
         scores.contiguous(),
         lo,
         hi,
-        *regions.fields(),
+        *fields,
         starts,
         ends,
         status,
