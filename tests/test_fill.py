@@ -66,6 +66,7 @@ def run(scores, lo, hi, regions, width, use_triton):
         hi.to(DEVICE),
         tensors,
         width=width,
+        status=torch.zeros(2, dtype=torch.int32, device=DEVICE),
         use_triton=use_triton,
     )
     return starts.cpu(), ends.cpu(), status.cpu()
@@ -211,6 +212,7 @@ def test_tiles_written_into_one_buffer_equal_one_call(rng, use_triton):
     regions = FillRegions(*(x.to(DEVICE) for x in regions.fields()))
     scores = torch.randn(2, 2, blocks, num_chunks, generator=rng).to(DEVICE)
     whole = greedy_fill(scores, lo, hi, regions, width=num_chunks + 2, use_triton=use_triton)
+    assert whole[2] is None  # no status asked, none computed
     starts = torch.full_like(whole[0], -7)
     ends = torch.full_like(starts, -7)
     status = torch.zeros(2, dtype=torch.int32, device=DEVICE)

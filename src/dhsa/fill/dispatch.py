@@ -33,7 +33,7 @@ def greedy_fill(
     out: tuple[Tensor, Tensor] | None = None,
     status: Tensor | None = None,
     use_triton: bool | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Sink, window and the best chunks within the budget, for every row of a tile of blocks.
 
     The rule is :func:`dhsa.fill.naive.naive_fill`'s: per row ``(b, h, t)``, chunks in descending
@@ -52,14 +52,15 @@ def greedy_fill(
             allowed, last dim contiguous); allocated when None.
         status: int32 ``[2]`` flags, raised (never lowered) so one tensor can gather a whole
             prefill: ``[0]`` some score is NaN or ``+inf``; ``[1]`` some row needed more than
-            ``width - 2`` chunks (its spans are incomplete: fill again wider). Zeros when None.
+            ``width - 2`` chunks (its spans are incomplete: fill again wider). None: no flags
+            (a decode step's width always suffices and its scores are not checked).
         use_triton: the Triton kernel (:mod:`dhsa.fill.triton_fill`) instead of tensor operations;
             None: when :func:`triton_fill_usable`.
 
-    Returns ``(starts, ends, status)``: per row the sink (possibly empty), the chosen chunk parts
-    in position order, the window, then ``(0, 0)`` padding: sorted and disjoint, though
-    neighbours may touch. Both implementations give the same tensors. Nothing waits for the
-    device: read ``status`` when convenient.
+    Returns ``(starts, ends, status)`` (``status`` as given): per row the sink (possibly empty),
+    the chosen chunk parts in position order, the window, then ``(0, 0)`` padding: sorted and
+    disjoint, though neighbours may touch. Both implementations give the same tensors. Nothing
+    waits for the device: read ``status`` when convenient.
     """
     batch, kv_heads, tiles, num_chunks = scores.shape
     if width < 2:
@@ -69,8 +70,6 @@ def greedy_fill(
     if out is None:
         starts = torch.empty(batch, kv_heads, tiles, width, dtype=torch.int32, device=scores.device)
         out = (starts, torch.empty_like(starts))
-    if status is None:
-        status = torch.zeros(2, dtype=torch.int32, device=scores.device)
     if use_triton is None:
         use_triton = triton_fill_usable(scores.device, num_chunks)
     if use_triton:

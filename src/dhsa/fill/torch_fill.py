@@ -20,19 +20,26 @@ _NO_CANDIDATE = torch.iinfo(torch.int64).min
 def rank_keys(scores: Tensor) -> Tensor:
     """Int64 ``[..., N]``, distinct per row, ordered like ``scores`` (float32 ``[..., N]``) with
     equal scores ordered by position, lower index higher; ``-0.0`` ranks as ``0.0``."""
-    # In place where possible: a prefill tile of scores is tens of MB.
-    bits = scores.contiguous().view(torch.int32)
+    # In place where possible: a prefill tile of scores is tens of MB. Adding +0.0 turns -0.0
+    # into 0.0 and leaves every other float as it is.
+    bits = (scores + 0.0).view(torch.int32)
     flipped = (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)
-    flipped.masked_fill_(scores == 0, 0)
     key = flipped.to(torch.int64)
-    del flipped
-    index = torch.arange(scores.shape[-1], device=scores.device)
-    return key.mul_(1 << 32).add_((1 << 32) - 1 - index)
+    del bits, flipped
+    index = torch.arange((1 << 32) - 1, (1 << 32) - 1 - scores.shape[-1], -1, device=scores.device)
+    return key.mul_(1 << 32).add_(index)
 
 
 def _per_block(field: Tensor | int, trailing: int) -> Tensor | int:
     """A region field shaped to broadcast over a tile's blocks with ``trailing`` dims after them."""
     return field if isinstance(field, int) else field.view(-1, *([1] * trailing))
+
+
+def _column(field: Tensor | int, like: Tensor) -> Tensor:
+    """A region field as a ``[B, Hkv, T, 1]`` column shaped and typed like ``like``."""
+    if isinstance(field, int):
+        return torch.full_like(like, field)
+    return field.view(1, 1, -1, 1).to(like.dtype).expand_as(like)
 
 
 def fill_torch(
@@ -42,46 +49,48 @@ def fill_torch(
     regions: FillRegions,
     starts: Tensor,
     ends: Tensor,
-    status: Tensor,
+    status: Tensor | None,
 ) -> None:
     """The fill of :func:`dhsa.fill.greedy_fill` by tensor operations, written into ``starts,
-    ends`` (int32 ``[B, Hkv, T, width]``, views allowed) and ``status`` (int32 ``[2]``)."""
+    ends`` (int32 ``[B, Hkv, T, width]``, views allowed) and ``status`` (int32 ``[2]``; None: the
+    flags are not computed, a decode step's dozen small operations saved)."""
     batch, kv_heads, tiles, num_chunks = scores.shape
     width = starts.shape[-1]
     ranked = max(min(width - 2, num_chunks), 0)
-    chunk_lo = torch.clamp(lo[:, None, :], min=_per_block(regions.candidate_start, 1))
-    chunk_hi = torch.clamp(hi[:, None, :], max=_per_block(regions.candidate_end, 1))
-    size = torch.clamp(chunk_hi - chunk_lo, min=0).expand(batch, tiles, num_chunks)
-    bad = (torch.isnan(scores) | (scores == torch.inf)).any()
-
-    key = rank_keys(scores).masked_fill_((size == 0)[:, None], _NO_CANDIDATE)
-    order = torch.topk(key, ranked, dim=-1, sorted=True).indices
     by_row = (batch, kv_heads, tiles, num_chunks)
-    size_ranked = size[:, None].expand(by_row).gather(-1, order)
-    end = chunk_hi.expand(batch, tiles, num_chunks)[:, None].expand(by_row).gather(-1, order)
+    chunk_lo = torch.clamp(lo[:, None, None, :], min=_per_block(regions.candidate_start, 1))
+    chunk_hi = torch.clamp(hi[:, None, None, :], max=_per_block(regions.candidate_end, 1))
+    size = (chunk_hi - chunk_lo).clamp_(min=0)  # [B, 1, T or 1, N]
+    key = rank_keys(scores).masked_fill_(size == 0, _NO_CANDIDATE)
+    order = torch.topk(key, ranked, dim=-1, sorted=True).indices
+    size_ranked = size.expand(by_row).gather(-1, order)
+    end = chunk_hi.expand(by_row).gather(-1, order)
+    through = size_ranked.cumsum(-1)
     remaining = _per_block(regions.remaining, 1)
-    before = size_ranked.cumsum(-1) - size_ranked
-    take = torch.minimum(torch.clamp(remaining - before, min=0), size_ranked)
-    candidates = (size > 0).sum(-1)[:, None]
-    need_more = (size_ranked.sum(-1) < _per_block(regions.remaining, 0)) & (candidates > ranked)
-    status.copy_(torch.maximum(status, torch.stack([bad, need_more.any()]).to(status.dtype)))
+    take = torch.minimum((remaining - through).add_(size_ranked).clamp_(min=0), size_ranked)
 
-    # The chosen chunks in position order, then the unchosen ones, blanked.
-    chosen = take > 0
-    position, perm = torch.sort(torch.where(chosen, order, num_chunks), dim=-1)
-    in_order = position < num_chunks
-    chunk_starts = torch.where(in_order, (end - take).gather(-1, perm), 0)
-    chunk_ends = torch.where(in_order, end.gather(-1, perm), 0)
-    starts[..., 0] = _per_block(regions.sink_start, 0)
-    ends[..., 0] = _per_block(regions.sink_end, 0)
-    starts[..., 1 : ranked + 1] = chunk_starts
-    ends[..., 1 : ranked + 1] = chunk_ends
-    starts[..., ranked + 1 :] = 0
-    ends[..., ranked + 1 :] = 0
-    slot = chosen.sum(-1, keepdim=True) + 1
-    for out, field in ((starts, regions.window_start), (ends, regions.window_end)):
-        if isinstance(field, int):
-            out.scatter_(-1, slot, field)
-        else:
-            value = field.view(1, 1, -1, 1).expand(batch, kv_heads, tiles, 1).to(out.dtype)
-            out.scatter_(-1, slot, value)
+    if status is not None:
+        # A NaN or +inf score; a row whose ranked chunks hold less than its room while more
+        # candidates are left.
+        bad = (scores < torch.inf).logical_not_().any()
+        held = through[..., -1] if ranked else torch.zeros_like(key[..., 0])
+        more = (size > 0).sum(-1) > ranked
+        need_more = ((held < _per_block(regions.remaining, 0)) & more).any()
+        torch.maximum(status, torch.stack([bad, need_more]).to(status.dtype), out=status)
+
+    # Sink, chosen chunk parts, window: disjoint, so sorting by start puts them in position order
+    # (the sink's start is the lowest, the window's the highest; a stable sort keeps an empty sink
+    # first). Unchosen chunks start past every key and are blanked.
+    past = torch.iinfo(torch.int64).max
+    chunk_starts = torch.where(take > 0, end - take, past)
+    like = end.new_empty(batch, kv_heads, tiles, 1)
+    first, last = (_column(x, like) for x in (regions.sink_start, regions.window_start))
+    span_starts, perm = torch.sort(torch.cat([first, chunk_starts, last], -1), dim=-1, stable=True)
+    first, last = (_column(x, like) for x in (regions.sink_end, regions.window_end))
+    span_ends = torch.cat([first, end, last], -1).gather(-1, perm)
+    unused = span_starts == past
+    starts[..., : ranked + 2] = span_starts.masked_fill_(unused, 0)
+    ends[..., : ranked + 2] = span_ends.masked_fill_(unused, 0)
+    if width > ranked + 2:
+        starts[..., ranked + 2 :] = 0
+        ends[..., ranked + 2 :] = 0

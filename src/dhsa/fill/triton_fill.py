@@ -86,6 +86,7 @@ def _fill_kernel(
     width,
     BLOCK_N: tl.constexpr,
     SCALAR_REGIONS: tl.constexpr,
+    FLAGS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     t = pid % tiles
@@ -117,8 +118,9 @@ def _fill_kernel(
     chunk_hi = tl.load(hi + b * stride_hi + offs, mask=ok, other=0)
     end = tl.minimum(chunk_hi, last)
     size = tl.maximum(end - tl.maximum(chunk_lo, first), 0)
-    nonfinite = tl.sum(((score != score) | (score == float("inf"))).to(tl.int32), axis=0)
-    tl.atomic_max(status, tl.minimum(nonfinite, 1))
+    if FLAGS:
+        nonfinite = tl.sum(((score != score) | (score == float("inf"))).to(tl.int32), axis=0)
+        tl.atomic_max(status, tl.minimum(nonfinite, 1))
     key = order_key(tl.where(size > 0, score, float("-inf")))
 
     # Bisection for the cut: the largest key t with size(key >= t) > budget. When everything
@@ -145,7 +147,8 @@ def _fill_kernel(
     slot = tl.cumsum(chosen.to(tl.int32), axis=0)  # after the sink, in slot 0
     count = tl.sum(chosen.to(tl.int32), axis=0)
     # A row that takes more chunks than the width holds keeps what fits and raises the flag.
-    tl.atomic_max(status + 1, tl.where(count + 2 > width, 1, 0))
+    if FLAGS:
+        tl.atomic_max(status + 1, tl.where(count + 2 > width, 1, 0))
     fits = chosen & (slot < width - 1)
     tl.store(starts + out + slot, (end - take).to(tl.int32), mask=fits)
     tl.store(ends + out + slot, end.to(tl.int32), mask=fits)
@@ -168,10 +171,11 @@ def fill_triton(
     regions: FillRegions,
     starts: Tensor,
     ends: Tensor,
-    status: Tensor,
+    status: Tensor | None,
 ) -> None:
     """The fill of :func:`dhsa.fill.greedy_fill` in one launch, written into ``starts, ends``
-    (int32 ``[B, Hkv, T, width]``, last dim contiguous, views allowed) and ``status``."""
+    (int32 ``[B, Hkv, T, width]``, last dim contiguous, views allowed) and ``status`` (int32
+    ``[2]``, or None: no flags)."""
     batch, kv_heads, tiles, num_chunks = scores.shape
     if num_chunks > MAX_RESIDENT_CHUNKS:
         raise ValueError(
@@ -204,7 +208,7 @@ def fill_triton(
         *fields,
         starts,
         ends,
-        status,
+        scores if status is None else status,
         kv_heads,
         tiles,
         num_chunks,
@@ -216,5 +220,6 @@ def fill_triton(
         starts.shape[3],
         BLOCK_N=block_n,
         SCALAR_REGIONS=regions.scalar,
+        FLAGS=status is not None,
         num_warps=max(4, min(16, block_n // 1024)),
     )
