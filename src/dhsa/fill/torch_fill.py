@@ -24,10 +24,9 @@ def rank_keys(scores: Tensor) -> Tensor:
     # into 0.0 and leaves every other float as it is.
     bits = (scores + 0.0).view(torch.int32)
     flipped = (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)
-    key = flipped.to(torch.int64)
-    del bits, flipped
+    del bits
     index = torch.arange((1 << 32) - 1, (1 << 32) - 1 - scores.shape[-1], -1, device=scores.device)
-    return key.mul_(1 << 32).add_(index)
+    return torch.add(index, flipped, alpha=1 << 32)  # computed in int64
 
 
 def _per_block(field: Tensor | int, trailing: int) -> Tensor | int:
