@@ -21,6 +21,9 @@ class FillRegions:
     - ``[candidate_start, candidate_end)``: where chunks may add keys (between sink and window,
       inside the sliding window if any); each chunk counts only its part inside;
     - ``remaining``: keys the chunks may add, ``>= 0`` (the budget less the sink and window).
+
+    The regions follow one another: ``sink_start <= sink_end <= candidate_start <= candidate_end
+    <= window_start < window_end`` (what :func:`dhsa.methods.regions.block_regions` gives).
     """
 
     sink_start: Tensor | int
