@@ -238,6 +238,22 @@ def test_decode_fill_kernel_matches_the_torch_fill(rng, norm, budget):
         assert int((got[1] - got[0]).clamp(min=0).sum(-1).min()) == min(budget, now)
 
 
+@pytest.mark.parametrize("norm", ["sqrt", "mean"])
+def test_decode_chunk_scores_kernel_matches_the_torch_scores(rng, norm):
+    from dhsa.kernels.triton_decode_scores import chunk_scores_triton
+
+    config = dhsa.DHSAConfig(**dict(SMALL, query_block=8))
+    q = torch.randn(2, 6, 1, 32, generator=rng).to(DEVICE)
+    k = torch.randn(2, 2, 257, 32, generator=rng).to(DEVICE)
+    session = DecodeSession()
+    session.select_spans(q, k, config, layer=0, norm=norm)
+    chunks = session._chunks[(0, None)]
+    want = chunks.chunk_scores(q)
+    got = chunk_scores_triton(q, chunks.table, chunks.lo, length=257, norm=norm)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def greedy_both_ways(
     q, k, config, *, norm="sqrt", window=None, tile_elements=1 << 24, scale=1.0, ways=(False, True)
 ):
@@ -295,6 +311,8 @@ def test_prefill_fill_kernel_keeps_the_keys_of_the_torch_fill(
     got.validate()
     assert got.starts.dtype == torch.int32 and got.num_rows == want.num_rows
     assert torch.equal(got.key_membership(), want.key_membership())
+    for name in ("offsets", "starts", "ends"):  # the two fills give the very same spans
+        assert torch.equal(getattr(got, name).cpu(), getattr(want, name).cpu())
     kept = got.num_selected()
     assert int(kept.max()) <= budget, "no block keeps more than its budget"
 

@@ -35,8 +35,9 @@ from .chunking import compute_boundaries, load_predictor, pad_boundaries
 from .chunking.learned import cut_logits
 from .chunking.similarity import shift_scores
 from .config import DHSAConfig
-from .kernels.dispatch import triton_available
+from .fill import FillRegions, chunks_taken_bound, greedy_fill, triton_fill_usable
 from .layout import Layout
+from .methods.regions import last_query_regions
 from .methods.scoring import (
     _normalize,
     chunk_representations,
@@ -318,89 +319,55 @@ class ChunkSums:
         k: Tensor | None = None,
         scale: float | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Spans ``(starts, ends)`` ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
-        attends: the sink, the local window with the query, then whole chunks in descending
-        ``q . k_c`` score, the last one cut to the tokens that still fit, until ``budget`` keys
-        (the prefill selector's rule with one-token query blocks). Spans are disjoint; unused
-        ones are empty (``start == end``).
+        """Spans ``(starts, ends)`` int32 ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
+        attends: the prefill's fill (:func:`dhsa.fill.greedy_fill`) for one query block of one
+        token, over this table's :meth:`chunk_scores`. Each row holds the sink, the chosen chunks
+        (the open tail among them) in position order, the local window with the query, then
+        empty ``(0, 0)`` spans: disjoint and at most ``budget`` keys.
 
-        No device-to-host synchronization: the host knows the length, the window and the most
-        chunks the fill can touch. ``use_triton`` (default: on CUDA when Triton is there) runs
-        the two-launch fill of :mod:`dhsa.kernels.triton_decode_fill` (int32 spans, chunks in
-        slot order) instead of the tensor operations here (int64, best first).
+        No device-to-host synchronization: the regions are host integers of the length, and the
+        most chunks the fill can touch follows from the shortest closed chunk, also on the host.
+        Scores are not checked for NaN here (a prefill over the same keys was). ``use_triton``
+        (default: on CUDA when Triton is there and the table fits the fill's registers) scores
+        with :mod:`dhsa.kernels.triton_decode_scores` and fills with the Triton fill: two
+        launches.
         """
-        length = self.length
-        window_start = max(length - 1 - config.local, 0)
-        sink_end = min(window_start, config.sink)
-        remaining = max(config.budget - sink_end - (length - window_start), 0)
-        top = min(self.table.shape[2], -(-remaining // max(self.shortest, 1)) + 2)
+        regions = last_query_regions(self.length, config.sink, config.local)
+        regions = regions.fill_regions(config.budget)
+        slots = self.table.shape[2]
+        top = min(slots, chunks_taken_bound(regions.remaining, self.shortest))
         if use_triton is None:
-            use_triton = triton_available(self.table.device) and self.norm != "peak"
-        if use_triton:
-            from .kernels.triton_decode_fill import fill_triton
+            use_triton = triton_fill_usable(self.table.device, slots)
+        if use_triton and self.norm != "peak":
+            from .kernels.triton_decode_scores import chunk_scores_triton
 
-            return fill_triton(
-                q,
-                self.table,
-                self.lo,
-                self.hi,
-                length=length,
-                sink_end=sink_end,
-                window_start=window_start,
-                remaining=remaining,
-                width=top + 2,
-                norm=self.norm,
-            )
-        batch, kv_heads = self.table.shape[:2]
-        tail_count = (length - self.lo[:, -1]).clamp(min=1)
-        if self.norm == "peak":
+            scores = chunk_scores_triton(q, self.table, self.lo, length=self.length, norm=self.norm)
+        elif self.norm == "peak":
             if k is None:
                 raise ValueError("the peak decode scoring needs the keys k")
             scale = q.shape[-1] ** -0.5 if scale is None else scale
-            scores = self.peak_scores(q, k, tail_count, sink_end, window_start, remaining, scale)
+            scores = self.peak_scores(q, k, regions, scale)
         else:
             scores = self.chunk_scores(q)
-            tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
-            scores[:, :, -1] /= tail_scale[:, None]
-        lo = self.lo.clamp(min=sink_end)
-        hi = self.hi.clamp(max=window_start)
-        cost = (hi - lo).clamp(min=0)
-        scores.masked_fill_((cost == 0)[:, None], -torch.inf)
-        order = torch.topk(scores, top, dim=-1, sorted=True).indices
-        cost = cost[:, None].expand(-1, kv_heads, -1).gather(-1, order)
-        take = torch.minimum((remaining - cost.cumsum(-1) + cost).clamp(min=0), cost)
-        ends = hi[:, None].expand(-1, kv_heads, -1).gather(-1, order)
-        span_starts = ends.new_empty(batch, kv_heads, top + 2)
-        span_ends = torch.empty_like(span_starts)
-        for column, (start, end) in enumerate(((0, sink_end), (window_start, length))):
-            span_starts[..., column] = start
-            span_ends[..., column] = end
-        torch.sub(ends, take, out=span_starts[..., 2:])
-        span_ends[..., 2:] = ends
-        return span_starts, span_ends
+        starts, ends, _ = greedy_fill(
+            scores[:, :, None], self.lo, self.hi, regions, width=top + 2, use_triton=use_triton
+        )
+        return starts[:, :, 0], ends[:, :, 0]
 
-    def peak_scores(
-        self,
-        q: Tensor,
-        k: Tensor,
-        tail_count: Tensor,
-        sink_end: int,
-        window_start: int,
-        remaining: int,
-        scale: float,
-    ) -> Tensor:
+    def peak_scores(self, q: Tensor, k: Tensor, regions: FillRegions, scale: float) -> Tensor:
         """Float32 ``[B, Hkv, cap + 1]``: the ``peak`` scores (:func:`peak_scores`) of the
         table's slots for the newest query ``q [B, Hq, 1, D]`` with every head on its own,
         rescoring the best candidates by their best key in ``k [B, Hkv, L, D]``."""
         kv_heads = self.table.shape[1]
         means = self.table.clone()
+        tail_count = (self.length - self.lo[:, -1]).clamp(min=1)
         means[:, :, -1] /= tail_count[:, None, None].float()
         device = self.table.device
 
         def at(value: int) -> Tensor:
             return torch.full((1,), value, dtype=torch.int64, device=device)
 
-        chunks = sum(self.closed) + len(self.closed)  # the open tails count as chunks too
+        shortest_tail = max(self.length - max(self.tail_starts), 1)
         scores = peak_scores(
             head_block_means(q, kv_heads, 1),
             k,
@@ -409,21 +376,26 @@ class ChunkSums:
             self.hi.clamp(max=self.length),
             at(0),
             at(self.length),
-            at(sink_end),
-            at(window_start),
+            at(regions.candidate_start),
+            at(regions.candidate_end),
             scale=scale,
-            room=max(remaining, 1),
-            typical_chunk=self.length * len(self.closed) / chunks,
+            room=max(regions.remaining, 1),
+            shortest=min(self.shortest, shortest_tail),
             longest=max(self.longest, self.length - min(self.tail_starts)),
         )
         return scores[:, :, 0]
 
     def chunk_scores(self, q: Tensor) -> Tensor:
         """Float32 ``[B, Hkv, cap + 1]``: each slot of the table scored by the newest query
-        ``q [B, Hq, 1, D]`` (the query heads of a group averaged); the tail slot's score is
-        still that of its key sum, which :meth:`fill` normalizes by the tail's length."""
+        ``q [B, Hq, 1, D]`` (the query heads of a group averaged), the tail slot's key sum
+        normalized by the tail's length like a closed chunk. On CUDA :meth:`fill` computes the
+        same in one launch (:func:`dhsa.kernels.triton_decode_scores.chunk_scores_triton`)."""
         query = query_block_representations(q, self.table.shape[1], 1, self.norm)
-        return (self.table @ query.transpose(-1, -2)).squeeze(-1)
+        scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
+        tail_count = (self.length - self.lo[:, -1]).clamp(min=1)
+        tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
+        scores[:, :, -1] /= tail_scale[:, None]
+        return scores
 
 
 class DecodeSession:

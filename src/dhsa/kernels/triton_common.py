@@ -20,7 +20,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def tanh(x):
-    """``tanh`` through ``exp`` (finite for every finite input; the interpreter has no libdevice)."""
+    """``tanh`` through ``exp``: finite for finite inputs (the interpreter has no libdevice)."""
     return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
@@ -204,11 +204,3 @@ def logit_constants(scale: float, softcap: float | None) -> tuple[float, float, 
     if softcap is None:
         return scale * LOG2E, 0.0, 0.0
     return scale * LOG2E, scale / softcap, softcap * LOG2E
-
-
-@triton.jit
-def order_key(score):
-    """An int32 whose order is the float32 ``score``'s order (``-inf`` lowest among them): the
-    bisections of the fill kernels search these instead of floats."""
-    bits = score.to(tl.int32, bitcast=True)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)

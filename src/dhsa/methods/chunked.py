@@ -67,11 +67,11 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     head_q = head_block_means(q, kv_heads, config.query_block)
     lo, hi = bounds[:, :-1], bounds[:, 1:]
     lengths = hi - lo
-    longest, chunks = (int(x) for x in torch.stack([lengths.max(), (lengths > 0).sum()]).tolist())
-    typical = int(bounds[:, -1].max()) / max(chunks / bounds.shape[0], 1)
+    positive = torch.where(lengths > 0, lengths, lengths.max())
+    longest, shortest = (int(x) for x in torch.stack([lengths.max(), positive.min()]).tolist())
     room = max(int((config.budget - regions.fixed_cost).clamp(min=0).max()), 1)
-    keep = min(lengths.shape[1], int(CANDIDATE_FACTOR * room / max(typical, 1.0)) + 2)
-    per_row = k.shape[0] * kv_heads * keep * longest * (dim + head_q.shape[2])
+    width = CANDIDATE_FACTOR * room + longest
+    per_row = k.shape[0] * kv_heads * width * (dim + head_q.shape[2] + 4)
     tile = max(1, PEAK_TILE_ELEMENTS // max(per_row, 1))
     num_blocks = head_q.shape[3]
 
@@ -93,7 +93,7 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
                     regions.candidate_end[q0:q1],
                     scale=scale,
                     room=room,
-                    typical_chunk=typical,
+                    shortest=shortest,
                     longest=longest,
                 ),
             )

@@ -97,7 +97,7 @@ def peak_scores(
     *,
     scale: float,
     room: int,
-    typical_chunk: float,
+    shortest: int,
     longest: int,
 ) -> Tensor:
     """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
@@ -106,16 +106,18 @@ def peak_scores(
     L, D]`` the keys; ``chunk_means [B, Hkv, N, D]`` (float32) the mean key of every chunk, whose
     keys are ``[chunk_lo, chunk_hi)`` (int64 ``[B, N]``). Row ``t`` sees the keys in
     ``[visible_start, visible_end)`` and may add the candidate keys ``[candidate_lo,
-    candidate_hi)`` (all ``[T]``).
+    candidate_hi)`` (all ``[T]``). ``room`` is the most keys a row adds; ``shortest`` and
+    ``longest`` bound the chunk lengths (host integers, so nothing here waits for the device).
 
     Stage 1 (chunk level, length-normalized): each head's logits against the chunk means give a
     per-token attention mass ``exp(s_c - lse)``, with ``lse = logsumexp_c(s_c + log n_c)`` over
-    the visible chunks; summed over the group's heads, they rank the candidate chunks, and the best
-    ones covering ``CANDIDATE_FACTOR * room`` keys (at ``typical_chunk`` keys each) go on. Stage 2
-    (token level): each of those chunks is scored by its best key, ``max_{t in c, g} (scale q_g .
-    k_t - lse_g)``, the largest per-token mass estimate any head gives it. The other candidates
-    keep their stage-1 score far below (``-1e4``), so a fill still reaches them in that order.
-    Nothing of size ``L x L`` is formed: stage 2 reads ``T x candidates x longest`` keys.
+    the visible chunks; summed over the group's heads they rank the candidate chunks. Stage 2
+    (token level): the best candidates, as many as cover ``CANDIDATE_FACTOR * room`` keys, are
+    scored by their best key, ``max_{t in c, g} (scale q_g . k_t - lse_g)``: the largest
+    per-token mass estimate any head of the group gives them. The other candidates keep their
+    stage-1 score far below (``log mass - 1e4``), so a fill still reaches them in that order.
+    A row's scores depend on that row alone; nothing of size ``L x L`` is formed (stage 2 reads
+    ``T x (CANDIDATE_FACTOR * room + longest)`` keys).
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
@@ -127,28 +129,36 @@ def peak_scores(
     visible &= hi > lo
     coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
     coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
-    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)
+    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
     stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
-    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None])
-    cand_hi = torch.minimum(hi, candidate_hi[None, None, :, None])
-    cost = (cand_hi - cand_lo).clamp(min=0).expand(-1, kv_heads, -1, -1)
+    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).expand(-1, kv_heads, -1, -1)
+    cand_hi = torch.minimum(hi, candidate_hi[None, None, :, None]).expand(-1, kv_heads, -1, -1)
+    cost = (cand_hi - cand_lo).clamp(min=0)
     stage1 = stage1.masked_fill(cost == 0, -torch.inf)
-    keep = min(num_chunks, int(CANDIDATE_FACTOR * room / max(typical_chunk, 1.0)) + 2)
-    best = stage1.topk(keep, dim=-1).indices  # [B, Hkv, T, M]
-    start = cand_lo.expand(-1, kv_heads, -1, -1).gather(-1, best)
-    end = cand_hi.expand(-1, kv_heads, -1, -1).gather(-1, best)
-    offsets = torch.arange(longest, device=device)
-    positions = start[..., None] + offsets  # [B, Hkv, T, M, W]
-    inside = positions < end[..., None]
-    flat = positions.clamp(max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
+    cover = CANDIDATE_FACTOR * room
+    # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
+    ranked = min(num_chunks, -(-cover // max(shortest, 1)) + 3)
+    best, order = stage1.topk(ranked, dim=-1)  # [B, Hkv, T, K]
+    size = cost.gather(-1, order)
+    before = size.cumsum(-1) - size
+    chosen = (before < cover) & (best > -torch.inf)
+    size = size * chosen
+    ends = size.cumsum(-1)
+    width = cover + longest
+    slots = torch.arange(width, device=device).expand(batch, kv_heads, rows, -1).contiguous()
+    which = torch.searchsorted(ends, slots, right=True)  # [B, Hkv, T, W]: the slot's chunk
+    filled = which < ranked
+    which = which.clamp(max=ranked - 1)
+    start = cand_lo.gather(-1, order)
+    positions = start.gather(-1, which) + slots - (ends - size).gather(-1, which)
+    positions = positions.clamp(min=0, max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
     heads = torch.arange(batch * kv_heads, device=device)[:, None]
-    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, flat]
-    keys = keys.view(batch, kv_heads, rows, keep * longest, dim)
-    fine = keys @ head_q.to(k.dtype).permute(0, 1, 3, 4, 2)  # [B, Hkv, T, M * W, G]
-    fine = scale * fine.float().view(batch, kv_heads, rows, keep, longest, group)
-    fine = fine.masked_fill(~inside[..., None], -torch.inf).amax(dim=4)  # [B, Hkv, T, M, G]
-    fine = (fine - lse.permute(0, 1, 3, 4, 2)).amax(dim=-1)  # [B, Hkv, T, M]
-    fine = torch.where(stage1.gather(-1, best) > -torch.inf, fine, -torch.inf)
-    scores = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
-    scores = scores.masked_fill(cost == 0, -torch.inf)
-    return scores.scatter(-1, best, fine)
+    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, positions]
+    keys = keys.view(batch, kv_heads, rows, width, dim)
+    fine = keys @ head_q.to(k.dtype).permute(0, 1, 3, 4, 2)  # [B, Hkv, T, W, G]
+    fine = (scale * fine.float() - lse.permute(0, 1, 3, 4, 2)).amax(dim=-1)
+    fine = fine.masked_fill(~filled, -torch.inf)
+    peak = torch.full_like(best, -torch.inf).scatter_reduce(-1, which, fine, reduce="amax")
+    low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
+    low = low.masked_fill(cost == 0, -torch.inf)
+    return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
