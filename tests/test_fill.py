@@ -232,21 +232,25 @@ def test_tiles_written_into_one_buffer_equal_one_call(rng, use_triton):
     assert status.tolist() == [0, 0]
 
 
-def test_a_decode_step_fills_by_the_specification():
+@pytest.mark.parametrize("scoring", ["peak", "paper"])
+def test_a_decode_step_fills_by_the_specification(scoring):
     """The spans of a decode session are the specification's fill of its own chunk scores."""
     import dhsa
     from dhsa.decode import DecodeSession
     from dhsa.methods.regions import last_query_regions
 
     gen = torch.Generator().manual_seed(3)
-    config = dhsa.DHSAConfig(budget=60, sink=4, local=8, query_block=8, min_chunk=3, max_chunk=12)
+    config = dhsa.DHSAConfig(
+        budget=60, sink=4, local=8, query_block=8, min_chunk=3, max_chunk=12, scoring=scoring
+    )
     q = torch.randn(2, 4, 1, 16, generator=gen)
     k = torch.randn(2, 2, 211, 16, generator=gen)
     session = DecodeSession()
     starts, ends = session.select_spans(q, k, config, layer=0)
     chunks = session._chunks[(0, None)]
     regions = last_query_regions(211, config.sink, config.local).fill_regions(config.budget)
-    spec = naive_fill(chunks.chunk_scores(q)[:, :, None], chunks.lo, chunks.hi, regions)
+    scores = chunks.slot_scores(q, regions, k=k)
+    spec = naive_fill(scores[:, :, None], chunks.lo, chunks.hi, regions)
     want = padded(spec, starts.shape[-1])
     assert torch.equal(starts, want[0][:, :, 0]) and torch.equal(ends, want[1][:, :, 0])
     assert int((ends - starts).sum(-1).min()) == config.budget

@@ -321,7 +321,7 @@ class ChunkSums:
     ) -> tuple[Tensor, Tensor]:
         """Spans ``(starts, ends)`` int32 ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
         attends: the prefill's fill (:func:`dhsa.fill.greedy_fill`) for one query block of one
-        token, over this table's :meth:`chunk_scores`. Each row holds the sink, the chosen chunks
+        token, over this table's :meth:`slot_scores`. Each row holds the sink, the chosen chunks
         (the open tail among them) in position order, the local window with the query, then
         empty ``(0, 0)`` spans: disjoint and at most ``budget`` keys.
 
@@ -342,17 +342,28 @@ class ChunkSums:
             from .kernels.triton_decode_scores import chunk_scores_triton
 
             scores = chunk_scores_triton(q, self.table, self.lo, length=self.length, norm=self.norm)
-        elif self.norm == "peak":
-            if k is None:
-                raise ValueError("the peak decode scoring needs the keys k")
-            scale = q.shape[-1] ** -0.5 if scale is None else scale
-            scores = self.peak_scores(q, k, regions, scale)
         else:
-            scores = self.chunk_scores(q)
+            scores = self.slot_scores(q, regions, k=k, scale=scale)
         starts, ends, _ = greedy_fill(
             scores[:, :, None], self.lo, self.hi, regions, width=top + 2, use_triton=use_triton
         )
         return starts[:, :, 0], ends[:, :, 0]
+
+    def slot_scores(
+        self,
+        q: Tensor,
+        regions: FillRegions,
+        *,
+        k: Tensor | None = None,
+        scale: float | None = None,
+    ) -> Tensor:
+        """Float32 ``[B, Hkv, cap + 1]``: the scores the fill ranks the slots by, the
+        :meth:`peak_scores` (which read the keys ``k``) or the table's :meth:`chunk_scores`."""
+        if self.norm != "peak":
+            return self.chunk_scores(q)
+        if k is None:
+            raise ValueError("the peak decode scoring needs the keys k")
+        return self.peak_scores(q, k, regions, q.shape[-1] ** -0.5 if scale is None else scale)
 
     def peak_scores(self, q: Tensor, k: Tensor, regions: FillRegions, scale: float) -> Tensor:
         """Float32 ``[B, Hkv, cap + 1]``: the ``peak`` scores (:func:`peak_scores`) of the
