@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ def _require_int(name: str, value: Any, low: int, high: int | None = None) -> No
 def _require_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"DHSAConfig.{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"DHSAConfig.{name}={value} is not a finite number")
 
 
 def _require_float_in(name: str, value: Any, low: float, high: float, low_open: bool) -> None:

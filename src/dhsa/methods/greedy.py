@@ -18,11 +18,8 @@ from torch import Tensor
 
 from ..kernels.dispatch import triton_available
 from ..layout import Layout, merge_padded_rows
+from ..validation import NonFiniteInputError
 from .regions import BlockRegions
-
-
-class NonFiniteInputError(ValueError):
-    """Queries or keys hold NaN or Inf, so no selection can be trusted."""
 
 
 def greedy_layout(
