@@ -240,13 +240,15 @@ def test_non_finite_inputs_raise(rng, where, method):
         dhsa.sparse_attention(q, k, v, DHSAConfig(budget=256, min_length=0), method=method)
 
 
-def test_non_finite_values_never_become_finite_output_in_dense_paths(rng):
+def test_non_finite_values_never_become_finite_output_in_attend(rng):
+    """``attend`` computes what it is given: Inf in a key the layout keeps is not hidden."""
     q, k, v = make_qkv(1, 2, 1, 100, 100, 16, rng)
-    k[0, 0, 3, 0] = float("inf")
+    config = DHSAConfig(budget=256, min_length=0)
     for method in ("dense", "streaming"):
-        out = dhsa.sparse_attention(
-            q, k, v, DHSAConfig(budget=256, min_length=0), method=method, backend="torch"
-        )
+        layout = dhsa.select(q, k, config, method=method)
+        bad = k.clone()
+        bad[0, 0, 3, 0] = float("inf")
+        out = dhsa.attend(q, bad, v, layout, backend="torch")
         assert not torch.isfinite(out[0, :, 3:]).all()
 
 
