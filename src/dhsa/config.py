@@ -6,9 +6,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHUNKERS = ("similarity", "fixed", "learned")
 
@@ -160,6 +161,8 @@ class DHSAConfig:
 
     def dense_below(self, device: torch.device | str) -> int:
         """Key length under which attention on ``device`` runs dense (see ``min_length``)."""
+        import torch  # here, so that reading presets (the command line) does not load torch
+
         if self.min_length is not None:
             return self.min_length
         return AUTO_MIN_LENGTH.get(torch.device(device).type, AUTO_MIN_LENGTH["cpu"])

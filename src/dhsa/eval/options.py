@@ -12,14 +12,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 _LENGTH = re.compile(r"^(\d+)([kK]?)$")
 
 
-def parse_lengths(text: str) -> list[int]:
-    """``"1k,2048,8K"`` -> ``[1024, 2048, 8192]``; ValueError naming a bad entry."""
+def parse_lengths(text: str, what: str = "length") -> list[int]:
+    """``"1k,2048,8K"`` -> ``[1024, 2048, 8192]``; ValueError naming a bad entry (a ``what``)."""
     lengths = []
     for part in (p.strip() for p in text.split(",")):
         match = _LENGTH.match(part)
         if not match or int(match.group(1)) == 0:
             raise ValueError(
-                f"bad length {part!r} in {text!r}: use positive integers like 4096 or 4k"
+                f"bad {what} {part!r} in {text!r}: use positive integers like 4096 or 4k"
             )
         lengths.append(int(match.group(1)) * (1024 if match.group(2) else 1))
     return lengths
@@ -145,3 +145,27 @@ def method_label(
         if chunker == "similarity" and boundary_z != DHSAConfig.boundary_z:
             label += f"/z={boundary_z:g}"
     return label + ("" if sparse_decode else "/dense-decode")
+
+
+def add_grid_options(p, *, lengths: str, samples: int) -> None:
+    """Lengths, methods, budgets and samples of a NIAH or RULER grid."""
+    p.add_argument(
+        "--lengths",
+        default=lengths,
+        help="comma-separated prompt lengths in tokens (4096 or 4k; default %(default)s)",
+    )
+    p.add_argument(
+        "--methods",
+        default="dense,dhsa,block_sparse,streaming",
+        help="comma-separated attention methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budgets",
+        default="1024,2048",
+        help="comma-separated token budgets of the sparse methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
+    )
