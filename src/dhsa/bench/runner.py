@@ -60,10 +60,23 @@ def load_inputs(path: str | Path, length: int, device: torch.device, dtype: torc
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recorded inputs file not found: {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a damaged or foreign file
+        raise ValueError(
+            f"{path} is not a torch.save file of tensors q, k, v ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, expected a dict of q, k, v")
     missing = {"q", "k", "v"} - set(data)
     if missing:
         raise ValueError(f"{path} lacks tensors {sorted(missing)}: expected keys q, k, v")
+    for name in ("q", "k", "v"):
+        tensor = data[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or 0 in tensor.shape:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
+            raise ValueError(f"{path}: {name} must be a non-empty [B, H, L, D] tensor, got {shape}")
     available = data["k"].shape[2]
     if length > available:
         raise ValueError(f"{path} holds {available} positions, the benchmark asked for {length}")
@@ -118,7 +131,8 @@ def run_bench(
         "backend": backend,
         "inputs": str(inputs_path) if inputs_path else "random",
         "preset": asdict(preset),
-        "config": asdict(base),
+        # The budget of each record is its own (`budget`); the rest is shared by all records.
+        "config": {**asdict(base), "budget": None, "budgets": list(preset.budgets)},
         "records": [],
     }
     out_path = Path(out_path)
