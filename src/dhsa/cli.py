@@ -8,6 +8,8 @@ import logging
 import shlex
 import sys
 
+from .models import FetchError
+
 COMMAND_MODULES = [
     "dhsa.commands.bench",
     "dhsa.commands.models",
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
-    except (CommandError, ValueError, TypeError, FileNotFoundError) as error:
+    except (CommandError, ValueError, TypeError, FileNotFoundError, FetchError) as error:
         print(f"dhsa {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

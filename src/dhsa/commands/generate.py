@@ -334,7 +334,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..eval.generation import contenders
-    from ..eval.options import open_model, parse_lengths, parse_names
+    from ..eval.options import check_context, model_context, open_model, parse_lengths, parse_names
     from ..eval.results import describe_device, now, write_json
 
     text = read_prompt(args.prompt_file)
@@ -347,16 +347,18 @@ def run(args) -> int:
         raise CommandError(f"--min-length must be >= 0, got {args.min_length}")
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be >= 1, got {args.threads}")
-    runs = contenders(([] if args.no_dense else ["dense"]) + methods, parse_lengths(args.budgets))
+    budgets = parse_lengths(args.budgets, "budget")
+    runs = contenders(([] if args.no_dense else ["dense"]) + methods, budgets)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, tokenizer = open_model(args)
+    model, tokenizer = open_model(args, methods=methods, budgets=budgets)
     load_s = time.perf_counter() - start
     logger.info("loaded %s in %.1f s", args.model, load_s)
     input_ids = encode_prompt(tokenizer, text, args.chat, args.device)
+    check_context([input_ids.shape[1] + args.max_new_tokens], model_context(model), args.model)
     stop_ids = stop_token_ids(model, tokenizer)
     rows = []
     with tqdm(

@@ -104,18 +104,71 @@ def base_config(args) -> DHSAConfig:
     )
 
 
-def open_model(args):
-    """``(model, tokenizer)`` for ``args.model`` on ``args.device`` in ``args.dtype``."""
+def check_device(name: str):
+    """The torch device ``name`` names; ValueError for anything but an available cpu or cuda."""
     import torch
 
-    from ..models import load_model
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"bad --device {name!r}: use cpu or cuda") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name} requested but CUDA is not available to torch {torch.__version__} "
+            "here; use --device cpu"
+        )
+    return device
 
-    return load_model(
+
+def check_context(lengths, context: int | None, model: str) -> None:
+    """ValueError when a prompt length exceeds the ``context`` the model declares."""
+    too_long = [n for n in lengths if context is not None and n > context]
+    if too_long:
+        raise ValueError(
+            f"length {max(too_long)} exceeds the context of {model} ({context} tokens): "
+            f"use --lengths up to {context}"
+        )
+
+
+def open_model(args, *, methods=(), budgets=(), lengths=()):
+    """``(model, tokenizer)`` for ``args.model`` on ``args.device`` in ``args.dtype``.
+
+    Everything that can fail without the model is checked first, so that a mistake costs no load:
+    ``methods`` (known), ``budgets`` (valid for :class:`DHSAConfig`), the device, the model
+    source (a known key, file or folder; a GGUF file's header and size; a reachable Hub) and
+    ``lengths`` against the context the model declares (after the load where only the loaded
+    configuration tells).
+    """
+    import torch
+
+    from ..methods import get_selector
+    from ..models import context_length, load_model
+
+    for method in methods:
+        get_selector(method)
+    for budget in budgets:
+        DHSAConfig(budget=budget)
+    check_device(args.device)
+    declared = context_length(args.model, args.models_dir)
+    check_context(lengths, declared, args.model)
+    model, tokenizer = load_model(
         args.model,
         dtype=getattr(torch, args.dtype),
         device=args.device,
         directory=args.models_dir,
     )
+    if declared is None:
+        check_context(lengths, model_context(model), args.model)
+    return model, tokenizer
+
+
+def model_context(model) -> int | None:
+    """The context length a loaded model's configuration declares, if any."""
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "max_position_embeddings", None)
 
 
 def model_label(name: str) -> str:

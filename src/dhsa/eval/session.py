@@ -37,7 +37,8 @@ def run_session(
     essays = essay_sentences(args.haystack)
     out = Path(args.out)
     store = ResultStore(out, cell_key(item_field))
-    model, tokenizer = open_model(args)
+    config = base_config(args)
+    model, tokenizer = open_model(args, methods=methods, budgets=budgets, lengths=lengths)
     count_tokens = token_counter(tokenizer)
     store.start_run(
         kind=kind,
@@ -63,7 +64,7 @@ def run_session(
         lengths=lengths,
         samples=args.samples,
         contenders=contenders(methods, budgets),
-        base_config=base_config(args),
+        base_config=config,
         make_sample=lambda length, index, item: sample_for(
             length, index, item, count_tokens, essays, args.seed
         ),
