@@ -255,3 +255,32 @@ def test_boundaries_option_reaches_the_config(
     assert code == 0
     assert [c.share_boundaries for c in configured] == [shared]
     assert json.loads(out.read_text())["boundaries"] == boundaries
+
+
+def test_warmup_is_untimed_and_repeats_give_median_and_range(
+    tiny_llama, prompt_file, tmp_path, monkeypatch, capsys
+):
+    import dhsa.commands.generate as generate
+
+    prefill_times = iter([900.0, 30.0, 10.0, 20.0, 800.0, 5.0, 15.0, 25.0])
+    real = generate.greedy_timed
+
+    def scripted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.prefill_ms = next(prefill_times)
+        return result
+
+    monkeypatch.setattr(generate, "greedy_timed", scripted)
+    out = tmp_path / "gen.json"
+    extra = ["--method", "dhsa", "--max-new-tokens", "3", "--warmup", "1", "--repeats", "3"]
+    assert run_generate(tiny_llama, prompt_file, out, *extra) == 0
+    document = json.loads(out.read_text())
+    assert document["warmup"] == 1 and document["repeats"] == 3
+    dense, sparse = document["results"]
+    assert dense["prefill_ms_runs"] == [30.0, 10.0, 20.0]
+    assert dense["prefill_ms"] == 20.0 and dense["prefill_ms_range"] == [10.0, 30.0]
+    assert sparse["prefill_ms"] == 15.0 and sparse["prefill_ms_range"] == [5.0, 25.0]
+    assert dense["repeats"] == 3 and dense["same_tokens_every_run"] is True
+    assert "10.0-30.0" in capsys.readouterr().out
+    assert run_generate(tiny_llama, prompt_file, out, "--repeats", "0") == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
