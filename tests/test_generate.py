@@ -284,3 +284,18 @@ def test_warmup_is_untimed_and_repeats_give_median_and_range(
     assert "10.0-30.0" in capsys.readouterr().out
     assert run_generate(tiny_llama, prompt_file, out, "--repeats", "0") == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_no_progress_hides_every_bar_and_the_load_shows_its_steps(tiny_llama, prompt_file):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "dhsa.cli", "generate", "--model", tiny_llama]
+    command += ["--prompt-file", str(prompt_file), "--max-new-tokens", "2"]
+    command += ["--repeats", "1", "--warmup", "0", "--no-dense"]
+    shown = subprocess.run(command, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"load {tiny_llama}" in shown.stderr and "3/3" in shown.stderr
+    hidden = subprocess.run(command + ["--no-progress"], capture_output=True, text=True)
+    assert hidden.returncode == 0, hidden.stderr[-2000:]
+    assert "%|" not in hidden.stderr and "it/s" not in hidden.stderr, hidden.stderr[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shlex
 import sys
 
@@ -42,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = "dhsa " + " ".join(shlex.quote(a) for a in argv)
+    if getattr(args, "no_progress", False):
+        # Read when tqdm and huggingface_hub are first imported (after parsing: nothing heavy is
+        # imported before), so the bars of transformers' GGUF conversion and of downloads, which
+        # no option reaches, stay hidden too.
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

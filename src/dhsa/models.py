@@ -381,16 +381,20 @@ def load_model(
     attn_implementation: str = "dhsa",
     device: str = "cpu",
     directory: str | os.PathLike | None = None,
+    progress: bool = True,
 ):
     """Load ``(model, tokenizer)`` for causal LM inference.
 
     ``name_or_path`` is a key of :data:`MODEL_SPECS` (fetched first with ``dhsa models fetch``), a
     ``.gguf`` file (dequantized to ``dtype``), a local model folder or a Hub id. ``dtype`` defaults
     to float32. With ``attn_implementation="dhsa"`` the dhsa attention is registered first; tune it
-    afterwards with :func:`dhsa.configure`.
+    afterwards with :func:`dhsa.configure`. ``progress`` shows a bar over the load's steps
+    (tokenizer, weights, device); False also hides the bars of transformers and the Hub.
     """
     import torch
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     if attn_implementation == "dhsa":
         from .hf import register
@@ -400,13 +404,29 @@ def load_model(
     extra = {} if gguf_file is None else {"gguf_file": gguf_file}
     if gguf_file is None and not Path(source).is_dir():
         extra = hub_access(source)
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    if gguf_file is not None:
-        check_tokenizer(tokenizer, gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=torch.float32 if dtype is None else dtype,
-        attn_implementation=attn_implementation,
-        **extra,
-    )
-    return model.to(device).eval(), tokenizer
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    if not progress:
+        transformers_logging.disable_progress_bar()
+    steps = tqdm(total=3, desc=f"load {name_or_path}", unit="step", disable=not progress)
+    try:
+        steps.set_postfix_str("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if gguf_file is not None:
+            check_tokenizer(tokenizer, gguf_file)
+        steps.update(1)
+        steps.set_postfix_str("weights" + (" (dequantizing GGUF)" if gguf_file else ""))
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=torch.float32 if dtype is None else dtype,
+            attn_implementation=attn_implementation,
+            **extra,
+        )
+        steps.update(1)
+        steps.set_postfix_str(f"to {device}")
+        model = model.to(device).eval()
+        steps.update(1)
+    finally:
+        steps.close()
+        if bars_were_on and not progress:
+            transformers_logging.enable_progress_bar()
+    return model, tokenizer

@@ -158,6 +158,7 @@ def open_model(args, *, methods=(), budgets=(), lengths=()):
         dtype=getattr(torch, args.dtype),
         device=args.device,
         directory=args.models_dir,
+        progress=not args.no_progress,
     )
     if declared is None:
         check_context(lengths, model_context(model), args.model)
