@@ -23,3 +23,55 @@ def test_help_does_not_import_torch(argv):
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "False False", result.stdout[-500:]
+
+
+WATCHED = """
+import sys, time
+from dhsa.cli import second_interrupt_stops_at_once
+with second_interrupt_stops_at_once("test"):
+    print("ready", flush=True)
+    try:
+        {body}
+    except KeyboardInterrupt:
+        print("caught", flush=True)
+        sys.exit(7)
+"""
+
+
+def _start(body):
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", WATCHED.format(body=body)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_a_second_ctrl_c_stops_a_long_native_call_at_once():
+    import signal
+    import time
+
+    process = _start("time.sleep(60)")  # stands for one long native attention call
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert process.poll() is None, "the first Ctrl-C waits for the current step"
+    start = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 130
+    assert time.monotonic() - start < 5
+    err = process.stderr.read()
+    assert "stopping after the current step (Ctrl-C again stops at once)" in err
+    assert "stopped at once; results written so far are kept" in err
+
+
+def test_a_first_ctrl_c_stops_python_work_at_its_next_step():
+    import signal
+
+    process = _start("while True: time.sleep(0.01)")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 7
+    assert process.stdout.read().strip() == "caught"
