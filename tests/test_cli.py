@@ -27,7 +27,10 @@ def test_help_does_not_import_torch(argv):
 
 WATCHED = """
 import sys, time
+import torch
 from dhsa.cli import second_interrupt_stops_at_once
+torch.set_num_threads(1)
+big = torch.ones(5000, 5000)
 with second_interrupt_stops_at_once("test"):
     print("ready", flush=True)
     try:
@@ -55,9 +58,12 @@ def test_a_second_ctrl_c_stops_a_long_native_call_at_once():
     import signal
     import time
 
-    process = _start("time.sleep(60)")  # stands for one long native attention call
+    # One native call of seconds (Python checks for Ctrl-C only when it returns), as one
+    # attention call over a long prompt.
+    process = _start("big @ big")
+    time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(0.3)
     assert process.poll() is None, "the first Ctrl-C waits for the current step"
     start = time.monotonic()
     process.send_signal(signal.SIGINT)
