@@ -172,6 +172,8 @@ def _bench_args(tmp_path, *extra):
         ("--budgets", "0", "bad budget '0'"),
         ("--budgets", "100", "budget=100 is smaller than the fixed part"),
         ("--methods", ",", "--methods must name at least one contender"),
+        ("--backend", "cuda", "unknown backend 'cuda'"),
+        ("--backend", "triton", "backend 'triton' needs CUDA tensors"),
     ],
 )
 def test_bench_refuses_bad_options_with_a_named_message(tmp_path, capsys, option, value, message):
@@ -198,6 +200,17 @@ def test_bench_refuses_inputs_of_the_wrong_shape(tmp_path, capsys):
     torch.save({"q": torch.zeros(2, 256, 16), "k": torch.zeros(1, 1, 256, 16), "v": 1}, path)
     assert main(_bench_args(tmp_path, "--inputs", str(path))) == 2
     assert "q must be a non-empty [B, H, L, D] tensor, got (2, 256, 16)" in capsys.readouterr().err
+
+
+def test_bench_refuses_inputs_shorter_than_the_longest_length_before_any_run(tmp_path, capsys):
+    path = tmp_path / "qkv.pt"
+    q, k = torch.zeros(1, 2, 300, 16), torch.zeros(1, 1, 300, 16)
+    torch.save({"q": q, "k": k, "v": k}, path)
+    args = _bench_args(tmp_path, "--inputs", str(path))
+    args[args.index("--lengths") + 1] = "256,512"
+    assert main(args) == 2
+    assert "holds 300 positions, the benchmark asked for 512" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists(), "nothing runs before the inputs are checked"
 
 
 def test_bench_json_records_the_budgets_actually_run(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import DHSAConfig
+from ..kernels import resolve_backend
 from ..layout import Layout
 from .check import spot_check, tolerance
 from .contenders import get_contender
@@ -124,6 +125,9 @@ def run_bench(
     dtype = getattr(torch, preset.dtype)
     base = (config or DHSAConfig()).replace(min_length=0)
     contenders = [get_contender(name) for name in preset.contenders]
+    resolve_backend(backend, device)
+    if inputs_path:
+        load_inputs(inputs_path, max(preset.lengths), device, dtype)  # checked before any run
     dense = [c for c in contenders if c.dense]
     sparse = [c for c in contenders if not c.dense]
     document = {
