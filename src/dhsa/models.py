@@ -13,6 +13,7 @@ loaded: ``import dhsa`` never needs it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -119,15 +120,33 @@ def gguf_expected_size(path: Path) -> int:
 
     Raises :class:`FetchError` when the header cannot be parsed (truncated or not a GGUF file).
     """
+    return _gguf_header(path)[0]
+
+
+def _gguf_header(path: Path) -> tuple[int, int | None]:
+    """``(bytes the file needs, declared context length)`` of a GGUF file, parsed once per file
+    version (the parse reads every metadata array, the vocabulary included: seconds)."""
+    stat = Path(path).stat()
+    return _parse_gguf_header(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_gguf_header(path: str, size: int, mtime_ns: int) -> tuple[int, int | None]:
     import gguf
 
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError, IndexError, struct.error) as error:
         raise FetchError(f"{path} is not a readable GGUF file: {error}") from error
+
+    def field(name: str):
+        value = reader.fields.get(name)
+        return None if value is None else value.contents()
+
+    context = field(f"{field('general.architecture')}.context_length")
     if not reader.tensors:
-        return reader.data_offset
-    return max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+        return reader.data_offset, context
+    return max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), context
 
 
 def verify_model(spec: ModelSpec, path: Path, progress: bool = False) -> str:
@@ -299,15 +318,7 @@ def context_length(name_or_path: str, directory: str | os.PathLike | None = None
     ``config.json``); None for a Hub id or where none is declared."""
     source, gguf_file = resolve_model(name_or_path, directory)
     if gguf_file is not None:
-        import gguf
-
-        reader = gguf.GGUFReader(Path(source) / gguf_file)
-
-        def field(name: str):
-            value = reader.fields.get(name)
-            return None if value is None else value.contents()
-
-        return field(f"{field('general.architecture')}.context_length")
+        return _gguf_header(Path(source) / gguf_file)[1]
     config = Path(source) / "config.json"
     if not config.is_file():
         return None

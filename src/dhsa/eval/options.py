@@ -142,6 +142,7 @@ def open_model(args, *, methods=(), budgets=(), lengths=()):
     configuration tells).
     """
     import torch
+    from tqdm import tqdm
 
     from ..methods import get_selector
     from ..models import context_length, load_model
@@ -151,7 +152,10 @@ def open_model(args, *, methods=(), budgets=(), lengths=()):
     for budget in budgets:
         DHSAConfig(budget=budget)
     check_device(args.device)
-    declared = context_length(args.model, args.models_dir)
+    # A GGUF header is parsed here, which takes seconds for a large vocabulary.
+    with tqdm(total=1, desc=f"check {args.model}", disable=args.no_progress) as bar:
+        declared = context_length(args.model, args.models_dir)
+        bar.update(1)
     check_context(lengths, declared, args.model)
     model, tokenizer = load_model(
         args.model,
