@@ -72,6 +72,20 @@ def inputs(case):
     return [torch.randn(s, generator=generator).to(case["dtype"]) for s in shapes]
 
 
+def attention(case, q, k, v, config):
+    """``dhsa.sparse_attention`` as ``case`` asks for it."""
+    return dhsa.sparse_attention(
+        q,
+        k,
+        v,
+        config,
+        method=case["method"],
+        sliding_window=case["window"],
+        softcap=case["softcap"],
+        backend=case["backend"],
+    )
+
+
 def causal_mask(q_len, k_len, window):
     q_pos = torch.arange(k_len - q_len, k_len)[:, None]
     k_pos = torch.arange(k_len)[None, :]
@@ -88,16 +102,7 @@ def test_sparse_attention_is_the_float64_softmax_over_the_selected_keys(case):
     config, window = case["config"], case["window"]
     layout = dhsa.select(q, k, config, method=case["method"], sliding_window=window)
     layout.validate()
-    out = dhsa.sparse_attention(
-        q,
-        k,
-        v,
-        config,
-        method=case["method"],
-        sliding_window=window,
-        softcap=case["softcap"],
-        backend=case["backend"],
-    )
+    out = attention(case, q, k, v, config)
     assert out.dtype == q.dtype and out.shape == q.shape
     mask = layout.to_dense_mask()
     want = naive_attention(q, k, v, mask=mask, window=window, softcap=case["softcap"])
@@ -139,15 +144,6 @@ def test_a_budget_covering_every_key_is_dense_attention(case):
     layout = dhsa.select(q, k, config, method=case["method"], sliding_window=window)
     allowed, _, _ = causal_mask(case["q_len"], case["k_len"], window)
     assert (layout.to_dense_mask() == allowed).all(), "the layout is not dense causal"
-    out = dhsa.sparse_attention(
-        q,
-        k,
-        v,
-        config,
-        method=case["method"],
-        sliding_window=window,
-        softcap=case["softcap"],
-        backend=case["backend"],
-    )
+    out = attention(case, q, k, v, config)
     want = naive_attention(q, k, v, window=window, softcap=case["softcap"])
     assert rel_error(out, want) <= TOLERANCE[case["dtype"]], case
