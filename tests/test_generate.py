@@ -299,3 +299,12 @@ def test_no_progress_hides_every_bar_and_the_load_shows_its_steps(tiny_llama, pr
     hidden = subprocess.run(command + ["--no-progress"], capture_output=True, text=True)
     assert hidden.returncode == 0, hidden.stderr[-2000:]
     assert "%|" not in hidden.stderr and "it/s" not in hidden.stderr, hidden.stderr[-2000:]
+
+
+def test_prompt_and_new_tokens_past_the_context_are_refused(tiny_llama, prompt_file, capsys):
+    # The tiny model declares 1024 positions; the prompt has len(PROMPT) tokens.
+    extra = ["--max-new-tokens", str(1025 - len(PROMPT)), "--no-dense", "--repeats", "1"]
+    assert main(["generate", "--model", tiny_llama, "--prompt-file", str(prompt_file), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"length 1025 exceeds the context of {tiny_llama} (1024 tokens)" in err
+    assert "keep the prompt's tokens plus --max-new-tokens within 1024" in err

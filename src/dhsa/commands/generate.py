@@ -394,7 +394,12 @@ def run(args) -> int:
     load_s = time.perf_counter() - start
     logger.info("loaded %s in %.1f s", args.model, load_s)
     input_ids = encode_prompt(tokenizer, text, args.chat, args.device)
-    check_context([input_ids.shape[1] + args.max_new_tokens], model_context(model), args.model)
+    check_context(
+        [input_ids.shape[1] + args.max_new_tokens],
+        model_context(model),
+        args.model,
+        "the prompt's tokens plus --max-new-tokens",
+    )
     stop_ids = stop_token_ids(model, tokenizer)
     rows = []
     passes = args.warmup + args.repeats

@@ -84,7 +84,7 @@ def _collect(args, layers: list[int], text: str):
     from ..eval.options import check_context
     from ..models import context_length, load_model
 
-    check_context([args.length], context_length(args.model), args.model)
+    check_context([args.length], context_length(args.model), args.model, "--length")
     model, tokenizer = load_model(
         args.model, attn_implementation="sdpa", progress=not args.no_progress
     )

@@ -122,13 +122,13 @@ def check_device(name: str):
     return device
 
 
-def check_context(lengths, context: int | None, model: str) -> None:
-    """ValueError when a prompt length exceeds the ``context`` the model declares."""
+def check_context(lengths, context: int | None, model: str, what: str = "--lengths") -> None:
+    """ValueError when a length (of ``what``) exceeds the ``context`` the model declares."""
     too_long = [n for n in lengths if context is not None and n > context]
     if too_long:
         raise ValueError(
             f"length {max(too_long)} exceeds the context of {model} ({context} tokens): "
-            f"use --lengths up to {context}"
+            f"keep {what} within {context}"
         )
 
 
