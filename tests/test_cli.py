@@ -32,8 +32,8 @@ from dhsa.cli import second_interrupt_stops_at_once
 torch.set_num_threads(1)
 big = torch.ones(5000, 5000)
 with second_interrupt_stops_at_once("test"):
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)
         {body}
     except KeyboardInterrupt:
         print("caught", flush=True)
@@ -81,3 +81,22 @@ def test_a_first_ctrl_c_stops_python_work_at_its_next_step():
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 7
     assert process.stdout.read().strip() == "caught"
+
+
+def test_the_package_still_offers_its_names_and_modules_after_a_plain_import():
+    probe = (
+        "import dhsa\n"
+        "assert dhsa.methods.SELECTORS is dhsa.SELECTORS\n"
+        "assert callable(dhsa.kernels.attend_torch) and dhsa.DHSAConfig().budget == 2048\n"
+        "import dhsa.bench\n"
+        "assert callable(dhsa.bench.measure.peak_extra_memory) and dhsa.bench.CONTENDERS\n"
+        "assert set(dhsa.__all__) <= set(dir(dhsa))\n"
+        "try:\n"
+        "    dhsa.nosuchthing\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "module 'dhsa' has no attribute 'nosuchthing'"

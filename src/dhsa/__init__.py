@@ -33,10 +33,17 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(f"module 'dhsa' has no attribute {name!r}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    try:  # a subpackage or module, as `dhsa.methods` after a plain `import dhsa`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'dhsa' has no attribute {name!r}")
 
 

@@ -21,9 +21,16 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    if name not in _LAZY:
+    if name.startswith("__"):
         raise AttributeError(f"module 'dhsa.bench' has no attribute {name!r}")
     importlib.import_module(".flex", __name__)  # registers the FlexAttention contenders
+    if name not in _LAZY:
+        try:  # a module, as `dhsa.bench.measure` after a plain `import dhsa.bench`
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module 'dhsa.bench' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     globals()[name] = value
     return value
