@@ -220,3 +220,13 @@ def test_bench_json_records_the_budgets_actually_run(tmp_path):
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["config"]["budgets"] == [384] and doc["config"]["budget"] is None
     assert {r["budget"] for r in doc["records"] if not r["dense"]} == {384}
+
+
+def test_decode_bench_json_records_the_configuration_run(tmp_path):
+    args = _bench_args(tmp_path, "--decode", "--decode-tokens", "2", "--chunker", "fixed")
+    args[args.index("--budgets") + 1] = "384"
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["config"]["budgets"] == [384] and doc["config"]["chunker"] == "fixed"
+    assert doc["backend"] == "auto"
+    assert {r["budget"] for r in doc["records"] if r["contender"] != "dense"} == {384}
