@@ -65,8 +65,8 @@ def load_inputs(path: str | Path, length: int, device: torch.device, dtype: torc
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several kinds for a damaged or foreign file
         raise ValueError(
-            f"{path} is not a torch.save file of tensors q, k, v ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''})"
+            f"{path} is not a torch.save file of tensors q, k, v (torch.load raised "
+            f"{type(error).__name__}); save one with torch.save({{'q': q, 'k': k, 'v': v}}, path)"
         ) from error
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, expected a dict of q, k, v")
