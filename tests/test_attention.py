@@ -65,9 +65,23 @@ def test_streaming_equals_sink_plus_window_attention(rng):
     q_pos = torch.arange(length)[:, None]
     k_pos = torch.arange(length)[None, :]
     block_start = (q_pos // config.query_block) * config.query_block
-    keep = (k_pos < config.sink) | (k_pos >= block_start - streaming_local(config))
+    block_len = torch.clamp(length - block_start, max=config.query_block)
+    keep = (k_pos < config.sink) | (k_pos >= block_start - streaming_local(config, block_len))
     mask = keep.expand(2, 2, length, length)
     assert rel_error(out, naive_attention(q, k, v, mask=mask)) < 1e-6
+
+
+@pytest.mark.parametrize("q_len", [1, 37, 100])
+def test_streaming_keeps_the_budget_for_partial_query_blocks(rng, q_len):
+    q, k, _ = make_qkv(1, 1, 1, q_len, 100, 16, rng)
+    config = DHSAConfig(budget=100, sink=4, local=16, query_block=64)
+    dense = dhsa.select(q, k, config, method="dense").num_selected()
+    for method in ("streaming", "dhsa", "block_sparse"):
+        kept = dhsa.select(q, k, config, method=method).num_selected()
+        assert torch.equal(kept, dense), (method, kept, dense)
+    small = config.replace(budget=90)
+    kept = dhsa.select(q[:, :, -1:], k, small, method="streaming").num_selected()
+    assert int(kept.min()) == 90
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -85,7 +99,8 @@ def test_layouts_are_causal_keep_sink_and_window_and_respect_budget(rng, method,
         causal &= q_pos - k_pos < window
     assert not (mask & ~causal).any(), "a key after its query (or outside the window) is kept"
     block_start = (q_pos // config.query_block) * config.query_block
-    local = streaming_local(config) if method == "streaming" else config.local
+    block_len = torch.clamp(length - block_start, max=config.query_block)
+    local = streaming_local(config, block_len) if method == "streaming" else config.local
     required = ((k_pos < config.sink) | (k_pos >= block_start - local)) & causal
     assert (mask | ~required).all(), "sink or local window missing"
     if method != "dense":
@@ -225,13 +240,15 @@ def test_non_finite_inputs_raise(rng, where, method):
         dhsa.sparse_attention(q, k, v, DHSAConfig(budget=256, min_length=0), method=method)
 
 
-def test_non_finite_values_never_become_finite_output_in_dense_paths(rng):
+def test_non_finite_values_never_become_finite_output_in_attend(rng):
+    """``attend`` computes what it is given: Inf in a key the layout keeps is not hidden."""
     q, k, v = make_qkv(1, 2, 1, 100, 100, 16, rng)
-    k[0, 0, 3, 0] = float("inf")
+    config = DHSAConfig(budget=256, min_length=0)
     for method in ("dense", "streaming"):
-        out = dhsa.sparse_attention(
-            q, k, v, DHSAConfig(budget=256, min_length=0), method=method, backend="torch"
-        )
+        layout = dhsa.select(q, k, config, method=method)
+        bad = k.clone()
+        bad[0, 0, 3, 0] = float("inf")
+        out = dhsa.attend(q, bad, v, layout, backend="torch")
         assert not torch.isfinite(out[0, :, 3:]).all()
 
 

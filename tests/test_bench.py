@@ -135,3 +135,98 @@ def test_bench_on_recorded_inputs(tmp_path, rng):
     )
     doc = json.loads(out.read_text())
     assert doc["inputs"] == str(path) and len(doc["records"]) == 4
+
+
+def _bench_args(tmp_path, *extra):
+    return [
+        "bench",
+        "--lengths",
+        "256",
+        "--budgets",
+        "256",
+        "--q-heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--head-dim",
+        "16",
+        "--repeats",
+        "1",
+        "--methods",
+        "dense,streaming",
+        "--out",
+        str(tmp_path / "b.json"),
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--head-dim", "0", "--head-dim must be >= 1, got 0"),
+        ("--repeats", "0", "--repeats must be >= 1, got 0"),
+        ("--batch", "0", "--batch must be >= 1, got 0"),
+        ("--lengths", "", "bad length '' in ''"),
+        ("--lengths", "4k,,8k", "bad length '' in '4k,,8k'"),
+        ("--budgets", "0", "bad budget '0'"),
+        ("--budgets", "100", "budget=100 is smaller than the fixed part"),
+        ("--methods", ",", "--methods must name at least one contender"),
+        ("--backend", "cuda", "unknown backend 'cuda'"),
+        ("--backend", "triton", "backend 'triton' needs CUDA tensors"),
+    ],
+)
+def test_bench_refuses_bad_options_with_a_named_message(tmp_path, capsys, option, value, message):
+    args = _bench_args(tmp_path)
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists(), "nothing runs before the options are checked"
+
+
+@pytest.mark.parametrize("content", [b"not a pickle at all", b"PK\x03\x04broken"])
+def test_bench_refuses_a_corrupt_inputs_file(tmp_path, capsys, content):
+    bad = tmp_path / "qkv.pt"
+    bad.write_bytes(content)
+    assert main(_bench_args(tmp_path, "--inputs", str(bad))) == 2
+    assert f"{bad} is not a torch.save file of tensors q, k, v" in capsys.readouterr().err
+
+
+def test_bench_refuses_inputs_of_the_wrong_shape(tmp_path, capsys):
+    path = tmp_path / "qkv.pt"
+    torch.save({"q": torch.zeros(2, 256, 16), "k": torch.zeros(1, 1, 256, 16), "v": 1}, path)
+    assert main(_bench_args(tmp_path, "--inputs", str(path))) == 2
+    assert "q must be a non-empty [B, H, L, D] tensor, got (2, 256, 16)" in capsys.readouterr().err
+
+
+def test_bench_refuses_inputs_shorter_than_the_longest_length_before_any_run(tmp_path, capsys):
+    path = tmp_path / "qkv.pt"
+    q, k = torch.zeros(1, 2, 300, 16), torch.zeros(1, 1, 300, 16)
+    torch.save({"q": q, "k": k, "v": k}, path)
+    args = _bench_args(tmp_path, "--inputs", str(path))
+    args[args.index("--lengths") + 1] = "256,512"
+    assert main(args) == 2
+    assert "holds 300 positions, the benchmark asked for 512" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists(), "nothing runs before the inputs are checked"
+
+
+def test_bench_json_records_the_budgets_actually_run(tmp_path):
+    args = _bench_args(tmp_path)
+    args[args.index("--budgets") + 1] = "384"
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["config"]["budgets"] == [384] and doc["config"]["budget"] is None
+    assert {r["budget"] for r in doc["records"] if not r["dense"]} == {384}
+
+
+def test_decode_bench_json_records_the_configuration_run(tmp_path):
+    args = _bench_args(tmp_path, "--decode", "--decode-tokens", "2", "--chunker", "fixed")
+    args[args.index("--budgets") + 1] = "384"
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["config"]["budgets"] == [384] and doc["config"]["chunker"] == "fixed"
+    assert doc["backend"] == "auto"
+    assert {r["budget"] for r in doc["records"] if r["contender"] != "dense"} == {384}

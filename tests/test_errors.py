@@ -85,3 +85,80 @@ def test_layout_must_match_tensors(qkv):
     layout = dhsa.select(q, k, DHSAConfig(budget=256, min_length=0))
     with pytest.raises(ValueError, match="layout is for"):
         dhsa.attend(q[:, :, :20], k, v, layout)
+
+
+@pytest.mark.parametrize("field", ["boundary_z", "predictor_threshold", "dash_sparsity"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_config_float_fields_refuse_nan_and_inf(field, value):
+    with pytest.raises(ValueError, match=f"DHSAConfig.{field}={value} is not a finite number"):
+        DHSAConfig(**{field: value})
+
+
+SCORED = ["dhsa", "block_sparse", "oracle_topk", "dash", "hip", "vertical_slash"]
+
+
+@pytest.mark.parametrize("method", sorted(dhsa.SELECTORS))
+@pytest.mark.parametrize("where", ["q", "k"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_one_non_finite_policy_for_every_method_and_path(rng, method, where, bad, backend):
+    q, k, v = make_qkv(1, 4, 2, 40, 40, 16, rng)
+    {"q": q, "k": k}[where][0, 1, 7, 3] = bad
+    config = DHSAConfig(budget=24, sink=4, local=8, query_block=8, dash_block=8, hip_block=4)
+    with pytest.raises(dhsa.NonFiniteInputError, match="NaN or Inf"):
+        dhsa.sparse_attention(q, k, v, config, method=method, backend=backend)
+    with pytest.raises(dhsa.NonFiniteInputError, match="NaN or Inf"):
+        dhsa.select(q, k, config, method=method)
+
+
+@pytest.mark.parametrize("method", SCORED)
+def test_selectors_called_directly_raise_the_library_error(rng, method):
+    q, k, _ = make_qkv(1, 4, 2, 40, 40, 16, rng)
+    k[0, 0, 5, 0] = float("nan")
+    config = DHSAConfig(budget=24, sink=4, local=8, query_block=8, dash_block=8, hip_block=4)
+    selector = dhsa.SELECTORS[method]
+    with pytest.raises(dhsa.NonFiniteInputError):
+        selector(q, k, config, scale=0.25)
+
+
+@pytest.mark.parametrize("min_length", [0, None])
+def test_v_is_not_checked_and_its_nan_reaches_the_output(rng, min_length):
+    q, k, v = make_qkv(1, 4, 2, 40, 40, 16, rng)
+    v[0, 0, 39] = float("nan")
+    config = DHSAConfig(budget=24, sink=4, local=8, query_block=8, min_length=min_length)
+    out = dhsa.sparse_attention(q, k, v, config)
+    assert torch.isnan(out[0, :2, 39]).all()
+
+
+@pytest.mark.parametrize(
+    "shape", [(0, 4, 40, 16), (1, 4, 40, 0), (1, 0, 40, 16), (1, 4, 0, 16)], ids=str
+)
+def test_empty_dimensions_are_named(shape):
+    q = torch.randn(shape)
+    k = torch.randn(shape[0], 2 if shape[1] else 1, 40, shape[3])
+    with pytest.raises(ValueError, match="q has an empty dimension"):
+        dhsa.sparse_attention(q, k, k)
+    with pytest.raises(ValueError, match="empty dimension"):
+        dhsa.select(q, k)
+
+
+def test_config_as_a_dict_and_layout_none_get_type_errors(qkv):
+    q, k, v = qkv
+    with pytest.raises(TypeError, match=r"got a dict: pass dhsa.DHSAConfig\(\*\*that_dict\)"):
+        dhsa.sparse_attention(q, k, v, {"budget": 1024})
+    with pytest.raises(TypeError, match="got a dict"):
+        dhsa.select(q, k, {"budget": 1024})
+    with pytest.raises(TypeError, match="layout must be a dhsa.Layout"):
+        dhsa.attend(q, k, v, None)
+
+
+def test_numpy_scales_and_softcaps_are_numbers(qkv):
+    np = pytest.importorskip("numpy")
+    q, k, v = qkv
+    want = dhsa.dense_attention(q, k, v, scale=0.1, softcap=30.0)
+    got = dhsa.dense_attention(q, k, v, scale=np.float32(0.1), softcap=np.float64(30.0))
+    assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(TypeError, match="scale must be a number"):
+        dhsa.dense_attention(q, k, v, scale="0.1")
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        dhsa.dense_attention(q, k, v, scale=np.float32("nan"))

@@ -255,3 +255,56 @@ def test_boundaries_option_reaches_the_config(
     assert code == 0
     assert [c.share_boundaries for c in configured] == [shared]
     assert json.loads(out.read_text())["boundaries"] == boundaries
+
+
+def test_warmup_is_untimed_and_repeats_give_median_and_range(
+    tiny_llama, prompt_file, tmp_path, monkeypatch, capsys
+):
+    import dhsa.commands.generate as generate
+
+    prefill_times = iter([900.0, 30.0, 10.0, 20.0, 800.0, 5.0, 15.0, 25.0])
+    real = generate.greedy_timed
+
+    def scripted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.prefill_ms = next(prefill_times)
+        return result
+
+    monkeypatch.setattr(generate, "greedy_timed", scripted)
+    out = tmp_path / "gen.json"
+    extra = ["--method", "dhsa", "--max-new-tokens", "3", "--warmup", "1", "--repeats", "3"]
+    assert run_generate(tiny_llama, prompt_file, out, *extra) == 0
+    document = json.loads(out.read_text())
+    assert document["warmup"] == 1 and document["repeats"] == 3
+    dense, sparse = document["results"]
+    assert dense["prefill_ms_runs"] == [30.0, 10.0, 20.0]
+    assert dense["prefill_ms"] == 20.0 and dense["prefill_ms_range"] == [10.0, 30.0]
+    assert sparse["prefill_ms"] == 15.0 and sparse["prefill_ms_range"] == [5.0, 25.0]
+    assert dense["repeats"] == 3 and dense["same_tokens_every_run"] is True
+    assert "10.0-30.0" in capsys.readouterr().out
+    assert run_generate(tiny_llama, prompt_file, out, "--repeats", "0") == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_no_progress_hides_every_bar_and_the_load_shows_its_steps(tiny_llama, prompt_file):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "dhsa.cli", "generate", "--model", tiny_llama]
+    command += ["--prompt-file", str(prompt_file), "--max-new-tokens", "2"]
+    command += ["--repeats", "1", "--warmup", "0", "--no-dense"]
+    shown = subprocess.run(command, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"load {tiny_llama}" in shown.stderr and "3/3" in shown.stderr
+    hidden = subprocess.run(command + ["--no-progress"], capture_output=True, text=True)
+    assert hidden.returncode == 0, hidden.stderr[-2000:]
+    assert "%|" not in hidden.stderr and "it/s" not in hidden.stderr, hidden.stderr[-2000:]
+
+
+def test_prompt_and_new_tokens_past_the_context_are_refused(tiny_llama, prompt_file, capsys):
+    # The tiny model declares 1024 positions; the prompt has len(PROMPT) tokens.
+    extra = ["--max-new-tokens", str(1025 - len(PROMPT)), "--no-dense", "--repeats", "1"]
+    assert main(["generate", "--model", tiny_llama, "--prompt-file", str(prompt_file), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"length 1025 exceeds the context of {tiny_llama} (1024 tokens)" in err
+    assert "keep the prompt's tokens plus --max-new-tokens within 1024" in err

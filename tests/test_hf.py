@@ -263,3 +263,24 @@ def test_tokenizer_check_warns_when_common_words_split(caplog):
         assert not caplog.records
         assert check_tokenizer(pieces, "broken.gguf") == len(PROBE_WORDS)
     assert "broken.gguf splits common words" in caplog.text
+
+
+@pytest.mark.parametrize("min_length", [0, 10_000])
+@pytest.mark.parametrize("step", ["prefill", "decode"])
+def test_non_finite_activations_raise_on_dense_and_sparse_paths(min_length, step):
+    """The library's NaN policy holds inside a model: below ``min_length`` (dense) as above it."""
+    model, _ = tiny_model("llama")
+    dhsa.configure(model, dhsa.DHSAConfig(budget=256, min_length=min_length))
+    ids = prompt(75)
+    poisoned = 7
+    if step == "decode":
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            model(ids, past_key_values=cache, use_cache=True)
+        ids, extra = ids[:, -1:] * 0 + poisoned, {"past_key_values": cache, "use_cache": True}
+    else:
+        ids[0, 40], extra = poisoned, {}
+    with torch.no_grad():
+        model.model.embed_tokens.weight[poisoned, 0] = float("nan")
+    with pytest.raises(dhsa.NonFiniteInputError), torch.no_grad():
+        model(ids, **extra)

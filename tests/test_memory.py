@@ -20,3 +20,22 @@ def test_sparse_attention_peak_memory_is_far_below_one_score_matrix():
         lambda: dhsa.sparse_attention(q, k, v, config, backend="torch"), torch.device("cpu")
     )
     assert 0 < used < score_matrix / 8, f"{used / 2**20:.0f} MiB"
+
+
+def test_cpu_peak_memory_sees_memory_the_allocator_reuses():
+    """Dense attention's output alone is ``B * Hq * L * D * 4`` bytes; after a first call has
+    freed the same sizes the resident size no longer grows, but the allocation peak must."""
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 2048, 64, generator=generator)
+    k = torch.randn(1, 2, 2048, 64, generator=generator)
+
+    def dense():
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, k, is_causal=True, enable_gqa=True
+        )
+
+    output_bytes = q.numel() * 4
+    for _ in range(3):
+        dense()
+        used = peak_extra_memory(dense, torch.device("cpu"))
+        assert output_bytes <= used < 8 * output_bytes, f"{used / 2**20:.3f} MiB"

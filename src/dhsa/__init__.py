@@ -6,39 +6,49 @@ exactly those keys. Peer methods (block-sparse, StreamingLLM, ...) emit the same
 run on the same backends.
 """
 
-from .attention import dense_attention, select, sparse_attention
-from .config import PRESETS, DHSAConfig
-from .kernels import BACKENDS, attend
-from .layout import Layout
-from .methods import SELECTORS, NonFiniteInputError, register_method
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-# Hugging Face glue, imported on first use so that transformers stays optional.
-_LAZY = {"register": "dhsa.hf", "configure": "dhsa.hf", "load_model": "dhsa.models"}
+# Every public name is imported on first use, so that `dhsa --help` does not wait for torch and
+# transformers stays optional.
+_LAZY = {
+    "dense_attention": "dhsa.attention",
+    "select": "dhsa.attention",
+    "sparse_attention": "dhsa.attention",
+    "PRESETS": "dhsa.config",
+    "DHSAConfig": "dhsa.config",
+    "BACKENDS": "dhsa.kernels",
+    "attend": "dhsa.kernels",
+    "Layout": "dhsa.layout",
+    "SELECTORS": "dhsa.methods",
+    "NonFiniteInputError": "dhsa.methods",
+    "register_method": "dhsa.methods",
+    "register": "dhsa.hf",
+    "configure": "dhsa.hf",
+    "load_model": "dhsa.models",
+}
 
 
 def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(f"module 'dhsa' has no attribute {name!r}")
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    try:  # a subpackage or module, as `dhsa.methods` after a plain `import dhsa`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'dhsa' has no attribute {name!r}")
 
 
-__all__ = [
-    "BACKENDS",
-    "PRESETS",
-    "SELECTORS",
-    "DHSAConfig",
-    "Layout",
-    "NonFiniteInputError",
-    "attend",
-    "configure",
-    "dense_attention",
-    "load_model",
-    "register",
-    "register_method",
-    "select",
-    "sparse_attention",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

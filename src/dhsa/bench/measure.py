@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
-import threading
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -31,39 +33,12 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warm
     return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _RssSampler:
-    """Samples the process's resident memory every millisecond in a background thread."""
-
-    def __init__(self) -> None:
-        self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.001)
-
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-
 def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Bytes of memory the call needs beyond what was allocated before it (its output included).
 
-    CUDA: the allocator's peak. CPU: the peak resident set size sampled every millisecond (large
-    allocations are mapped and unmapped directly, so the resident size follows them).
+    CUDA: the allocator's peak. CPU: the peak of the bytes allocated and not yet freed during the
+    call, summed from the profiler's allocation and free events in time order. Unlike the resident
+    size, this sees memory the allocator reuses (freed by an earlier call, taken again by this one).
     """
     if device.type == "cuda":
         synchronize(device)
@@ -72,9 +47,46 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> int:
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    if not os.path.exists("/proc/self/statm"):
-        return -1
-    before = _rss_bytes()
-    with _RssSampler() as sampler:
+    return _cpu_peak_allocated(fn)
+
+
+def _cpu_peak_allocated(fn: Callable[[], object]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with (
+        _profiler_notes_hidden(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
-    return max(sampler.peak - before, 0)
+    events = [
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    live = peak = 0
+    for _, nbytes in sorted(events, key=lambda event: event[0]):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@contextlib.contextmanager
+def _profiler_notes_hidden():
+    """The profiler library writes ``USDT: ... profiler_start/stop`` lines straight to file
+    descriptor 2 on every use; they are dropped, anything else written there is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(True)
+                if not line.startswith("USDT:")
+            ]
+            sys.stderr.write("".join(kept))

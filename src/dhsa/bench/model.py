@@ -18,29 +18,8 @@ from tqdm import tqdm
 
 from ..config import DHSAConfig
 from .measure import synchronize
+from .presets import MODEL_SIZES
 from .runner import record_header, resolve_device
-
-# Configurations by name: sizes of published models, and a tiny one for tests.
-MODEL_SIZES = {
-    "llama-3.1-8b": dict(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=131072,
-    ),
-    "tiny": dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=131072,
-    ),
-}
 
 
 def build_model(size: str, device: torch.device, dtype: torch.dtype):

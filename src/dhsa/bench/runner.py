@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import DHSAConfig
+from ..kernels import resolve_backend
 from ..layout import Layout
 from .check import spot_check, tolerance
 from .contenders import get_contender
@@ -60,10 +61,23 @@ def load_inputs(path: str | Path, length: int, device: torch.device, dtype: torc
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recorded inputs file not found: {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a damaged or foreign file
+        raise ValueError(
+            f"{path} is not a torch.save file of tensors q, k, v (torch.load raised "
+            f"{type(error).__name__}); save one with torch.save({{'q': q, 'k': k, 'v': v}}, path)"
+        ) from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, expected a dict of q, k, v")
     missing = {"q", "k", "v"} - set(data)
     if missing:
         raise ValueError(f"{path} lacks tensors {sorted(missing)}: expected keys q, k, v")
+    for name in ("q", "k", "v"):
+        tensor = data[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or 0 in tensor.shape:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
+            raise ValueError(f"{path}: {name} must be a non-empty [B, H, L, D] tensor, got {shape}")
     available = data["k"].shape[2]
     if length > available:
         raise ValueError(f"{path} holds {available} positions, the benchmark asked for {length}")
@@ -111,6 +125,9 @@ def run_bench(
     dtype = getattr(torch, preset.dtype)
     base = (config or DHSAConfig()).replace(min_length=0)
     contenders = [get_contender(name) for name in preset.contenders]
+    resolve_backend(backend, device)
+    if inputs_path:
+        load_inputs(inputs_path, max(preset.lengths), device, dtype)  # checked before any run
     dense = [c for c in contenders if c.dense]
     sparse = [c for c in contenders if not c.dense]
     document = {
@@ -118,7 +135,8 @@ def run_bench(
         "backend": backend,
         "inputs": str(inputs_path) if inputs_path else "random",
         "preset": asdict(preset),
-        "config": asdict(base),
+        # The budget of each record is its own (`budget`); the rest is shared by all records.
+        "config": {**asdict(base), "budget": None, "budgets": list(preset.budgets)},
         "records": [],
     }
     out_path = Path(out_path)

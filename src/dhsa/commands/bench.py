@@ -6,25 +6,17 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..bench import PRESETS, run_bench
-from ..bench.model import MODEL_SIZES
+from ..bench.presets import MODEL_SIZES, PRESETS
 from ..cli import CommandError
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from ..eval.options import parse_lengths
+
     try:
-        values = tuple(
-            int(x.strip().lower().replace("k", "")) * (1024 if "k" in x.lower() else 1)
-            for x in text.split(",")
-            if x.strip()
-        )
+        return tuple(parse_lengths(text, what))
     except ValueError as error:
-        raise CommandError(
-            f"expected comma-separated integers (4096 or 4k), got {text!r}"
-        ) from error
-    if not values or min(values) < 1:
-        raise CommandError(f"expected positive integers, got {text!r}")
-    return values
+        raise CommandError(str(error)) from error
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -89,15 +81,20 @@ def add_parser(subparsers) -> None:
 def _preset_from_args(args):
     preset = PRESETS[args.preset]
     changes = {}
-    if args.lengths:
-        changes["lengths"] = _ints(args.lengths)
-    if args.budgets:
-        changes["budgets"] = _ints(args.budgets)
-    if args.methods:
+    if args.lengths is not None:
+        changes["lengths"] = _ints(args.lengths, "length")
+    if args.budgets is not None:
+        changes["budgets"] = _ints(args.budgets, "budget")
+    if args.methods is not None:
         changes["contenders"] = _names(args.methods)
+        if not changes["contenders"]:
+            raise CommandError(f"--methods must name at least one contender, got {args.methods!r}")
     for field in ("device", "dtype", "batch", "q_heads", "kv_heads", "head_dim", "repeats"):
         value = getattr(args, field)
         if value is not None:
+            if field not in ("device", "dtype") and value < 1:
+                option = "--" + field.replace("_", "-")
+                raise CommandError(f"{option} must be >= 1, got {value}")
             changes[field] = value
     preset = dataclasses.replace(preset, **changes)
     if preset.q_heads % preset.kv_heads:
@@ -129,7 +126,7 @@ def run_decode(args, preset, config) -> int:
     document = run_decode_bench(
         lengths=preset.lengths,
         budgets=preset.budgets,
-        batches=_ints(args.batches),
+        batches=_ints(args.batches, "batch size"),
         q_heads=preset.q_heads,
         kv_heads=preset.kv_heads,
         head_dim=preset.head_dim,
@@ -198,10 +195,14 @@ def run(args) -> int:
         config = config.replace(chunker=args.chunker, predictor=args.predictor)
     if args.triton_fill:
         config = config.replace(triton_fill=True)
+    for budget in preset.budgets:
+        config.replace(budget=budget)  # a budget below the fixed part is refused before any run
     if args.decode:
         return run_decode(args, preset, config)
     if args.model:
         return run_model(args, preset, config)
+    from ..bench import run_bench
+
     document = run_bench(
         preset,
         out_path=args.out,

@@ -77,7 +77,8 @@ def run(args) -> int:
     essays = essay_sentences(args.haystack)
     out = Path(args.out)
     store = ResultStore(out, KEY)
-    model, tokenizer = open_model(args)
+    config = base_config(args)
+    model, tokenizer = open_model(args, methods=methods, budgets=budgets, lengths=lengths)
     count = token_counter(tokenizer)
     name = model_label(args.model)
     store.start_run(
@@ -96,7 +97,6 @@ def run(args) -> int:
         boundaries=args.boundaries,
         max_query_blocks=args.max_query_blocks,
     )
-    config = base_config(args)
     label = {
         m: method_label(m, config.chunker, config.share_boundaries, boundary_z=config.boundary_z)
         for m in methods

@@ -1,10 +1,12 @@
 """``dhsa generate``: greedy continuation of a prompt file, dense (SDPA) against sparse methods.
 
 Each contender (``dense`` = transformers' SDPA attention, then every ``--method`` at every
-``--budget``) continues the same prompt greedily. Per contender the command reports the prefill
-time (one forward pass over the prompt, which also yields the first new token), the decode rate
-(the later tokens, one forward pass each, over their wall time) and the peak memory of the whole
-generation: on CUDA the allocator's peak, on CPU the process's resident-set high-water mark
+``--budget``) continues the same prompt greedily, ``--warmup`` times untimed (first-call costs:
+lazy initialization, allocator growth, kernel compilation) and then ``--repeats`` times timed. Per
+contender the command reports the median and range over the repeats of the prefill time (one
+forward pass over the prompt, which also yields the first new token) and the decode rate (the
+later tokens, one forward pass each, over their wall time), and the peak memory of the
+generations: on CUDA the allocator's peak, on CPU the process's resident-set high-water mark
 (``VmHWM``), reset before each contender through ``/proc/self/clear_refs``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +87,18 @@ def add_parser(subparsers) -> None:
         "--chat",
         action="store_true",
         help="wrap the prompt in the tokenizer's chat template as a user message",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed generations per contender before the timed ones (default %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed generations per contender: median and range reported (default %(default)s)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
@@ -282,7 +297,19 @@ def use_attention(model, contender, args) -> None:
     configure(model, config, method=contender.method)
 
 
-def _row(contender, generation: Generation, text: str, prompt_tokens: int) -> dict:
+def _row(contender, runs: list[Generation], text: str, prompt_tokens: int) -> dict:
+    """The record of one contender's timed ``runs``: medians, ranges and every run's times."""
+    first = runs[0]
+    prefill = [g.prefill_ms for g in runs]
+    decode = [g.decode_ms for g in runs]
+    median = Generation(
+        first.tokens,
+        statistics.median(prefill),
+        statistics.median(decode),
+        max(g.peak_memory_bytes for g in runs),
+        first.memory_before_bytes,
+        first.memory_kind,
+    )
     return {
         "name": contender.name,
         "method": contender.method,
@@ -290,18 +317,21 @@ def _row(contender, generation: Generation, text: str, prompt_tokens: int) -> di
         "attention": "sdpa" if contender.method == "dense" else "dhsa",
         "continuation": text,
         "prompt_tokens": prompt_tokens,
-        "new_tokens": len(generation.tokens),
-        "prefill_ms": round(generation.prefill_ms, 2),
-        "decode_steps": generation.decode_steps,
-        "decode_ms": round(generation.decode_ms, 2),
+        "new_tokens": len(first.tokens),
+        "repeats": len(runs),
+        "same_tokens_every_run": all(g.tokens == first.tokens for g in runs),
+        "prefill_ms": round(median.prefill_ms, 2),
+        "prefill_ms_range": [round(min(prefill), 2), round(max(prefill), 2)],
+        "prefill_ms_runs": [round(t, 2) for t in prefill],
+        "decode_steps": median.decode_steps,
+        "decode_ms": round(median.decode_ms, 2),
+        "decode_ms_range": [round(min(decode), 2), round(max(decode), 2)],
         "decode_tokens_per_s": (
-            None
-            if generation.decode_tokens_per_s is None
-            else round(generation.decode_tokens_per_s, 3)
+            None if median.decode_tokens_per_s is None else round(median.decode_tokens_per_s, 3)
         ),
-        "peak_memory_bytes": generation.peak_memory_bytes,
-        "memory_before_bytes": generation.memory_before_bytes,
-        "memory_kind": generation.memory_kind,
+        "peak_memory_bytes": median.peak_memory_bytes,
+        "memory_before_bytes": median.memory_before_bytes,
+        "memory_kind": median.memory_kind,
     }
 
 
@@ -312,6 +342,7 @@ def _table(rows: list[dict]) -> str:
         {
             **r,
             "peak_mib": r["peak_memory_bytes"] / 2**20,
+            "prefill_range": "{:.1f}-{:.1f}".format(*r["prefill_ms_range"]),
             "same": "-" if r["matches_dense"] is None else ("yes" if r["matches_dense"] else "no"),
         }
         for r in rows
@@ -322,7 +353,8 @@ def _table(rows: list[dict]) -> str:
             ("name", "contender"),
             ("prompt_tokens", "prompt"),
             ("new_tokens", "new"),
-            ("prefill_ms", "prefill ms"),
+            ("prefill_ms", "prefill ms (median)"),
+            ("prefill_range", "prefill ms range"),
             ("decode_tokens_per_s", "decode tok/s"),
             ("peak_mib", "peak MiB"),
             ("same", "same as dense"),
@@ -334,7 +366,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..eval.generation import contenders
-    from ..eval.options import open_model, parse_lengths, parse_names
+    from ..eval.options import check_context, model_context, open_model, parse_lengths, parse_names
     from ..eval.results import describe_device, now, write_json
 
     text = read_prompt(args.prompt_file)
@@ -347,28 +379,52 @@ def run(args) -> int:
         raise CommandError(f"--min-length must be >= 0, got {args.min_length}")
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be >= 1, got {args.threads}")
-    runs = contenders(([] if args.no_dense else ["dense"]) + methods, parse_lengths(args.budgets))
+    if args.repeats < 1 or args.warmup < 0:
+        raise CommandError(
+            f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}"
+        )
+    budgets = parse_lengths(args.budgets, "budget")
+    runs = contenders(([] if args.no_dense else ["dense"]) + methods, budgets)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, tokenizer = open_model(args)
+    model, tokenizer = open_model(args, methods=methods, budgets=budgets)
     load_s = time.perf_counter() - start
     logger.info("loaded %s in %.1f s", args.model, load_s)
     input_ids = encode_prompt(tokenizer, text, args.chat, args.device)
+    check_context(
+        [input_ids.shape[1] + args.max_new_tokens],
+        model_context(model),
+        args.model,
+        "the prompt's tokens plus --max-new-tokens",
+    )
     stop_ids = stop_token_ids(model, tokenizer)
     rows = []
+    passes = args.warmup + args.repeats
     with tqdm(
-        total=len(runs) * args.max_new_tokens, disable=args.no_progress, unit="tok", desc="generate"
+        total=len(runs) * passes * args.max_new_tokens,
+        disable=args.no_progress,
+        unit="tok",
+        desc="generate",
     ) as bar:
         for contender in runs:
-            bar.set_postfix_str(f"{contender.name} (prefill {input_ids.shape[1]} tokens)")
             use_attention(model, contender, args)
-            generation = greedy_timed(model, input_ids, args.max_new_tokens, stop_ids, bar)
-            bar.update(args.max_new_tokens - len(generation.tokens))
-            continuation = tokenizer.decode(generation.tokens, skip_special_tokens=True)
-            rows.append(_row(contender, generation, continuation, input_ids.shape[1]))
+            timed = []
+            for index in range(passes):
+                warm = index < args.warmup
+                what = "warm-up" if warm else f"run {index - args.warmup + 1}/{args.repeats}"
+                bar.set_postfix_str(f"{contender.name} {what} (prompt {input_ids.shape[1]} tokens)")
+                generation = greedy_timed(model, input_ids, args.max_new_tokens, stop_ids, bar)
+                bar.update(args.max_new_tokens - len(generation.tokens))
+                if not warm:
+                    timed.append(generation)
+            continuation = tokenizer.decode(timed[0].tokens, skip_special_tokens=True)
+            row = _row(contender, timed, continuation, input_ids.shape[1])
+            if not row["same_tokens_every_run"]:
+                logger.warning("%s: the repeats generated different tokens", contender.name)
+            rows.append(row)
     dense = next((r for r in rows if r["method"] == "dense"), None)
     for row in rows:
         compared = dense is not None and row is not dense
@@ -386,6 +442,8 @@ def run(args) -> int:
             "prompt_file": str(args.prompt_file),
             "chat": args.chat,
             "max_new_tokens": args.max_new_tokens,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
             "min_length": args.min_length,
             "chunker": args.chunker,
             "boundaries": args.boundaries,

@@ -35,4 +35,4 @@ def add_parser(subparsers) -> None:
     fetch.add_argument("--dir", help=dir_help)
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
-    fetch.set_defaults(run=run_fetch)
+    fetch.set_defaults(run=run_fetch, hard_stop=False)

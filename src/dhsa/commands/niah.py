@@ -10,8 +10,7 @@ DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
 
 
 def add_parser(subparsers) -> None:
-    from ..eval.options import add_model_options
-    from ..eval.session import add_grid_options
+    from ..eval.options import add_grid_options, add_model_options
 
     p = subparsers.add_parser(
         "niah",

@@ -8,8 +8,7 @@ from ..cli import CommandError
 
 
 def add_parser(subparsers) -> None:
-    from ..eval.options import add_model_options
-    from ..eval.session import add_grid_options
+    from ..eval.options import add_grid_options, add_model_options
 
     p = subparsers.add_parser(
         "ruler",

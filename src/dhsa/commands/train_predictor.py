@@ -81,9 +81,13 @@ def _collect(args, layers: list[int], text: str):
 
     from ..chunking.labels import capture_keys_and_labels
     from ..chunking.training import LabelledKeys
-    from ..models import load_model
+    from ..eval.options import check_context
+    from ..models import context_length, load_model
 
-    model, tokenizer = load_model(args.model, attn_implementation="sdpa")
+    check_context([args.length], context_length(args.model), args.model, "--length")
+    model, tokenizer = load_model(
+        args.model, attn_implementation="sdpa", progress=not args.no_progress
+    )
     chars = args.slices * args.length * 8
     ids = tokenizer(text[:chars], return_tensors="pt").input_ids[0]
     if ids.numel() < args.slices * args.length:

@@ -12,14 +12,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 _LENGTH = re.compile(r"^(\d+)([kK]?)$")
 
 
-def parse_lengths(text: str) -> list[int]:
-    """``"1k,2048,8K"`` -> ``[1024, 2048, 8192]``; ValueError naming a bad entry."""
+def parse_lengths(text: str, what: str = "length") -> list[int]:
+    """``"1k,2048,8K"`` -> ``[1024, 2048, 8192]``; ValueError naming a bad entry (a ``what``)."""
     lengths = []
     for part in (p.strip() for p in text.split(",")):
         match = _LENGTH.match(part)
         if not match or int(match.group(1)) == 0:
             raise ValueError(
-                f"bad length {part!r} in {text!r}: use positive integers like 4096 or 4k"
+                f"bad {what} {part!r} in {text!r}: use positive integers like 4096 or 4k"
             )
         lengths.append(int(match.group(1)) * (1024 if match.group(2) else 1))
     return lengths
@@ -104,18 +104,77 @@ def base_config(args) -> DHSAConfig:
     )
 
 
-def open_model(args):
-    """``(model, tokenizer)`` for ``args.model`` on ``args.device`` in ``args.dtype``."""
+def check_device(name: str):
+    """The torch device ``name`` names; ValueError for anything but an available cpu or cuda."""
     import torch
 
-    from ..models import load_model
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"bad --device {name!r}: use cpu or cuda") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name} requested but CUDA is not available to torch {torch.__version__} "
+            "here; use --device cpu"
+        )
+    return device
 
-    return load_model(
+
+def check_context(lengths, context: int | None, model: str, what: str = "--lengths") -> None:
+    """ValueError when a length (of ``what``) exceeds the ``context`` the model declares."""
+    too_long = [n for n in lengths if context is not None and n > context]
+    if too_long:
+        raise ValueError(
+            f"length {max(too_long)} exceeds the context of {model} ({context} tokens): "
+            f"keep {what} within {context}"
+        )
+
+
+def open_model(args, *, methods=(), budgets=(), lengths=()):
+    """``(model, tokenizer)`` for ``args.model`` on ``args.device`` in ``args.dtype``.
+
+    Everything that can fail without the model is checked first, so that a mistake costs no load:
+    ``methods`` (known), ``budgets`` (valid for :class:`DHSAConfig`), the device, the model
+    source (a known key, file or folder; a GGUF file's header and size; a reachable Hub) and
+    ``lengths`` against the context the model declares (after the load where only the loaded
+    configuration tells).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ..methods import get_selector
+    from ..models import context_length, load_model
+    from .generation import split_method
+
+    for method in methods:
+        get_selector(split_method(method)[0])
+    for budget in budgets:
+        DHSAConfig(budget=budget)
+    check_device(args.device)
+    # A GGUF header is parsed here, which takes seconds for a large vocabulary.
+    with tqdm(total=1, desc=f"check {args.model}", disable=args.no_progress) as bar:
+        declared = context_length(args.model, args.models_dir)
+        bar.update(1)
+    check_context(lengths, declared, args.model)
+    model, tokenizer = load_model(
         args.model,
         dtype=getattr(torch, args.dtype),
         device=args.device,
         directory=args.models_dir,
+        progress=not args.no_progress,
     )
+    if declared is None:
+        check_context(lengths, model_context(model), args.model)
+    return model, tokenizer
+
+
+def model_context(model) -> int | None:
+    """The context length a loaded model's configuration declares, if any."""
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "max_position_embeddings", None)
 
 
 def model_label(name: str) -> str:
@@ -145,3 +204,27 @@ def method_label(
         if chunker == "similarity" and boundary_z != DHSAConfig.boundary_z:
             label += f"/z={boundary_z:g}"
     return label + ("" if sparse_decode else "/dense-decode")
+
+
+def add_grid_options(p, *, lengths: str, samples: int) -> None:
+    """Lengths, methods, budgets and samples of a NIAH or RULER grid."""
+    p.add_argument(
+        "--lengths",
+        default=lengths,
+        help="comma-separated prompt lengths in tokens (4096 or 4k; default %(default)s)",
+    )
+    p.add_argument(
+        "--methods",
+        default="dense,dhsa,block_sparse,streaming",
+        help="comma-separated attention methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budgets",
+        default="1024,2048",
+        help="comma-separated token budgets of the sparse methods (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
+    )

@@ -31,13 +31,14 @@ def run_session(
     """
     lengths = parse_lengths(args.lengths)
     methods = parse_names(args.methods)
-    budgets = parse_lengths(args.budgets)
+    budgets = parse_lengths(args.budgets, "budget")
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     essays = essay_sentences(args.haystack)
     out = Path(args.out)
     store = ResultStore(out, cell_key(item_field))
-    model, tokenizer = open_model(args)
+    config = base_config(args)
+    model, tokenizer = open_model(args, methods=methods, budgets=budgets, lengths=lengths)
     count_tokens = token_counter(tokenizer)
     store.start_run(
         kind=kind,
@@ -63,7 +64,7 @@ def run_session(
         lengths=lengths,
         samples=args.samples,
         contenders=contenders(methods, budgets),
-        base_config=base_config(args),
+        base_config=config,
         make_sample=lambda length, index, item: sample_for(
             length, index, item, count_tokens, essays, args.seed
         ),
@@ -72,27 +73,3 @@ def run_session(
     )
     logger.info("%d cells answered now, %d recorded in %s", ran, len(store.cells), out)
     return store
-
-
-def add_grid_options(p, *, lengths: str, samples: int) -> None:
-    """Lengths, methods, budgets and samples of a NIAH or RULER grid."""
-    p.add_argument(
-        "--lengths",
-        default=lengths,
-        help="comma-separated prompt lengths in tokens (4096 or 4k; default %(default)s)",
-    )
-    p.add_argument(
-        "--methods",
-        default="dense,dhsa,block_sparse,streaming",
-        help="comma-separated attention methods (default %(default)s)",
-    )
-    p.add_argument(
-        "--budget",
-        "--budgets",
-        dest="budgets",
-        default="1024,2048",
-        help="comma-separated token budgets of the sparse methods (default %(default)s)",
-    )
-    p.add_argument(
-        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
-    )

@@ -42,6 +42,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def check_layout(q: Tensor, k: Tensor, layout: Layout) -> None:
     """ValueError unless ``layout`` describes these tensors' geometry."""
+    if not isinstance(layout, Layout):
+        raise TypeError(
+            f"layout must be a dhsa.Layout (from dhsa.select), got {type(layout).__name__}"
+        )
     geometry = (q.shape[0], k.shape[1], q.shape[2], k.shape[2])
     expected = (layout.batch, layout.kv_heads, layout.q_len, layout.k_len)
     if geometry != expected:

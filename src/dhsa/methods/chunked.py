@@ -21,8 +21,9 @@ from .scoring import (
     query_block_representations,
 )
 
-# Float elements one tile of the ``peak`` rescoring may gather (keys of its candidate chunks).
-PEAK_TILE_ELEMENTS = 1 << 25
+# One tile of the ``peak`` rescoring gathers the keys of its rows' candidates: up to this many
+# times ``DHSAConfig.tile_elements`` elements (a stage-2 row is longer than a row of scores).
+PEAK_TILE_FACTOR = 8
 
 
 def chunk_select(
@@ -72,7 +73,7 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     room = max(int((config.budget - regions.fixed_cost).clamp(min=0).max()), 1)
     width = CANDIDATE_FACTOR * room + longest
     per_row = k.shape[0] * kv_heads * width * (dim + head_q.shape[2] + 4)
-    tile = max(1, PEAK_TILE_ELEMENTS // max(per_row, 1))
+    tile = max(1, PEAK_TILE_FACTOR * config.tile_elements // max(per_row, 1))
     num_blocks = head_q.shape[3]
 
     def tiles():

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..chunking import fixed_boundaries
 from ..config import DHSAConfig
 from ..layout import Layout
+from ..validation import NonFiniteInputError
 from .entmax import entmax15
 from .regions import block_regions
 from .scoring import chunk_representations, query_block_representations
@@ -63,7 +64,7 @@ def dash_probabilities(
         [q_rep @ k_rep.transpose(-1, -2), (q_rep * own_rep).sum(-1, keepdim=True)], dim=-1
     )
     if not bool(torch.isfinite(scores).all()):
-        raise ValueError("q or k contains NaN or Inf: dash block scores are not finite")
+        raise NonFiniteInputError("q or k contains NaN or Inf: dash block scores are not finite")
     scores = (config.dash_sparsity * scale) * scores
     scores = scores.masked_fill(~candidate, -torch.inf)
     return entmax15(scores), candidate

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..layout import Layout, query_block_bounds
 from .regions import block_regions
 
 
@@ -37,21 +37,26 @@ def select_dense(
     return _layout_from_block_spans(q, k, starts, ends, config, sliding_window)
 
 
-def streaming_local(config: DHSAConfig) -> int:
-    """Tokens before its block that a ``streaming`` query block keeps: the budget minus the sink."""
-    return config.budget - config.sink - config.query_block
+def streaming_local(config: DHSAConfig, block_len: Tensor | int) -> Tensor | int:
+    """Tokens before its block that a ``streaming`` query block of ``block_len`` queries keeps:
+    the budget minus the sink and the block itself (a partial block, such as a decode step's
+    single query, keeps more recent keys, so every block keeps ``budget`` keys when it can)."""
+    return config.budget - config.sink - block_len
 
 
 def select_streaming(
     q: Tensor, k: Tensor, config: DHSAConfig, *, sliding_window=None, boundaries=None, scale=None
 ) -> Layout:
-    """StreamingLLM: the first ``sink`` keys and the most recent keys, ``budget`` in all per block."""
+    """StreamingLLM: the first ``sink`` keys and the most recent keys, ``budget`` per block."""
+    block_start, block_end = query_block_bounds(
+        q.shape[2], k.shape[2], config.query_block, k.device
+    )
     regions = block_regions(
         q.shape[2],
         k.shape[2],
         config.query_block,
         config.sink,
-        streaming_local(config),
+        streaming_local(config, block_end - block_start),
         sliding_window,
         k.device,
     )

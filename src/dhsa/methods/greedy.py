@@ -19,11 +19,8 @@ from torch import Tensor
 
 from ..fill import FillRegions, chunks_taken_bound, greedy_fill, triton_fill_usable
 from ..layout import Layout
+from ..validation import NonFiniteInputError
 from .regions import BlockRegions
-
-
-class NonFiniteInputError(ValueError):
-    """Queries or keys hold NaN or Inf, so no selection can be trusted."""
 
 
 def greedy_layout(

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..config import DHSAConfig
 from ..layout import Layout
+from ..validation import NonFiniteInputError
 from .regions import BlockRegions, block_regions
 
 
@@ -99,7 +100,7 @@ def select_hip(
     queries = _padded_query_blocks(q, kv_heads, bq)
     keys = k.reshape(batch * kv_heads, k_len, dim).float()
     if not (bool(torch.isfinite(queries).all()) and bool(torch.isfinite(keys).all())):
-        raise ValueError("q or k contains NaN or Inf: hip scores are not finite")
+        raise NonFiniteInputError("q or k contains NaN or Inf: hip scores are not finite")
     room = int((config.budget - regions.fixed_cost).min())
     # Leaves never outgrow the budget: with less room than one block, the leaves shrink.
     rep = max(min(rep, room), 1)

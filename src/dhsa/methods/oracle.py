@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..config import DHSAConfig
 from ..layout import Layout
+from ..validation import check_finite
 from .regions import block_regions
 
 
@@ -29,6 +30,7 @@ def select_oracle_topk(
     scale: float | None = None,
 ) -> Layout:
     """Top-``budget`` keys by true attention mass per query block (see the module docstring)."""
+    check_finite(q, k)
     batch, q_heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..config import DHSAConfig
 from ..layout import Layout
+from ..validation import NonFiniteInputError
 from .regions import BlockRegions, block_regions
 
 
@@ -46,7 +47,9 @@ def last_block_profiles(
         allowed &= q_pos[:, None] - k_pos[None, :] < sliding_window
     probs = logits.masked_fill(~allowed, -torch.inf).softmax(dim=-1)
     if not bool(torch.isfinite(probs).all()):
-        raise ValueError("q or k contains NaN or Inf: vertical_slash profiles are not finite")
+        raise NonFiniteInputError(
+            "q or k contains NaN or Inf: vertical_slash profiles are not finite"
+        )
     vertical = probs.sum(dim=2)
     offsets = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).expand(batch, kv_heads, -1, -1)
     slash = torch.zeros_like(vertical).scatter_add_(
