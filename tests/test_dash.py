@@ -39,7 +39,9 @@ def test_entmax_matches_sorting_implementation(rng, n, spread):
 
 
 def _expected_blocks(q, k, config, scale):
-    """Kept complete key blocks per (b, h, query block), from loops and the sorting entmax."""
+    """Kept key blocks per (b, h, query block), from loops and the sorting entmax: the blocks
+    with keys between the sink and the local window, in descending entmax probability until the
+    budget (the last one may be cut)."""
     batch, q_heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     group, bq, c = q_heads // kv_heads, config.query_block, config.dash_block
@@ -49,39 +51,56 @@ def _expected_blocks(q, k, config, scale):
         for h in range(kv_heads):
             for qb in range(-(-q_len // bq)):
                 start, end = offset + qb * bq, min(offset + (qb + 1) * bq, k_len)
+                window = max(start - config.local, 0)
+                sink = min(config.sink, window)
+                room = config.budget - sink - (end - window)
                 q_mean = q[b, h * group : (h + 1) * group, start - offset : end - offset].double()
                 q_mean = q_mean.mean(dim=(0, 1))
-                own = (start // c) * c
-                reps = [k[b, h, j * c : (j + 1) * c].double().mean(0) for j in range(own // c)]
-                reps.append(k[b, h, own:end].double().mean(0))
+                blocks = [j for j in range(-(-k_len // c)) if j * c < window and (j + 1) * c > sink]
+                if not blocks:
+                    kept[b, h, qb] = []
+                    continue
+                reps = [k[b, h, j * c : (j + 1) * c].double().mean(0) for j in blocks]
                 z = torch.stack([q_mean @ r for r in reps]) * config.dash_sparsity * scale
                 p = entmax_package.entmax15(z, dim=-1)
-                kept[b, h, qb] = [j for j in range(own // c) if p[j] > 1e-6]
+                chosen = []
+                for i in p.argsort(descending=True).tolist():
+                    if p[i] <= 1e-6 or room <= 0:
+                        break
+                    j = blocks[i]
+                    chosen.append(j)
+                    room -= min((j + 1) * c, window) - max(j * c, sink)
+                kept[b, h, qb] = sorted(chosen)
     return kept
 
 
-def _kept_blocks(layout, b, h, qb, block):
+def _kept_blocks(layout, b, h, qb, block, config):
+    """Blocks with a selected key between the sink and the local window."""
     covered = set()
     for start, end in layout.spans(b, h, qb):
         covered.update(range(start, end))
-    own = ((layout.q_offset + qb * layout.query_block) // block) * block
-    return [j for j in range(own // block) if j * block in covered]
+    first = layout.q_offset + qb * layout.query_block
+    window = max(first - config.local, 0)
+    sink = min(config.sink, window)
+    return sorted({j // block for j in covered if sink <= j < window})
 
 
 @pytest.mark.parametrize("sparsity", [1.0, 8.0, 40.0])
-def test_dash_keeps_exactly_the_entmax_support(rng, sparsity):
+@pytest.mark.parametrize("budget", [60, 400])
+def test_dash_keeps_the_entmax_support_within_the_budget(rng, sparsity, budget):
     q, k, _ = make_qkv(2, 4, 2, 150, 203, 16, rng)
     # A shared direction makes some block means stand out, as real keys do.
     shared = torch.randn(1, 1, 203 // 16 + 1, 16, generator=rng).repeat_interleave(16, 2)
     k = k + 2.0 * shared[:, :, :203]
     config = dhsa.DHSAConfig(
-        budget=64, sink=0, local=0, query_block=32, dash_block=16, dash_sparsity=sparsity
+        budget=budget, sink=4, local=8, query_block=32, dash_block=16, dash_sparsity=sparsity
     )
     layout = dhsa.select(q, k, config, method="dash")
     layout.validate()
+    assert int(layout.num_selected().max()) <= budget
     expected = _expected_blocks(q, k, config, 0.25)
     for (b, h, qb), blocks in expected.items():
-        assert _kept_blocks(layout, b, h, qb, 16) == blocks, (b, h, qb)
+        assert _kept_blocks(layout, b, h, qb, 16, config) == blocks, (b, h, qb)
 
 
 def test_dash_density_follows_the_sparsity_knob(rng):
@@ -100,10 +119,10 @@ def test_dash_density_follows_the_sparsity_knob(rng):
 
 
 @pytest.mark.parametrize("window", [None, 70])
-def test_dash_layout_is_causal_keeps_own_block_and_backends_agree(rng, window):
+def test_dash_layout_is_causal_keeps_sink_and_window_and_backends_agree(rng, window):
     q, k, v = make_qkv(1, 6, 2, 173, 211, 8, rng)
     config = dhsa.DHSAConfig(
-        budget=32, sink=0, local=0, query_block=16, dash_block=8, dash_sparsity=20.0
+        budget=40, sink=4, local=8, query_block=16, dash_block=8, dash_sparsity=20.0
     )
     layout = dhsa.select(q, k, config, method="dash", sliding_window=window)
     layout.validate()
@@ -111,8 +130,11 @@ def test_dash_layout_is_causal_keeps_own_block_and_backends_agree(rng, window):
     for qb in range(layout.num_q_blocks):
         start, end = offset + qb * 16, min(offset + (qb + 1) * 16, 211)
         spans = layout.spans(0, 1, qb)
-        own = (start // 8) * 8
-        assert any(s <= own and e == end for s, e in spans)
+        lowest = 0 if window is None else max(start - window + 1, 0)
+        local = max(start - 8, lowest)
+        assert any(s <= local and e == end for s, e in spans)
+        if window is None:
+            assert any(s == 0 and e >= min(4, local) for s, e in spans)
         assert all(e <= end for _, e in spans)
         if window is not None:
             assert all(e > start - window + 1 for _, e in spans)
@@ -127,21 +149,25 @@ def test_dash_prior_adds_log_probability_to_logits(rng):
     q, k, v = make_qkv(1, 4, 2, 97, 129, 8, rng)
     scale = 0.3
     config = dhsa.DHSAConfig(
-        budget=32, sink=0, local=0, query_block=16, dash_block=8, dash_sparsity=3.0
+        budget=48, sink=4, local=8, query_block=16, dash_block=8, dash_sparsity=3.0
     )
     plain = dhsa.select(q, k, config, method="dash", scale=scale)
     prior = dhsa.select(q, k, config.replace(dash_prior=True), method="dash", scale=scale)
     assert torch.equal(plain.to_dense_mask(), prior.to_dense_mask())
     probs, _ = dash_probabilities(q, k, config, sliding_window=None, scale=scale)
-    # Per key: log p of its block; own-block keys get log max(p_own, smallest kept p).
+    # Per key: log p of its block between sink and window; sink and window get the row's max.
     offset, bias = 129 - 97, torch.zeros(1, 2, 97, 129, dtype=torch.float64)
     for h in range(2):
         for i in range(97):
             qb = i // 16
-            own = ((offset + qb * 16) // 8) * 8
+            start = offset + qb * 16
+            window = max(start - 8, 0)
+            sink = min(4, window)
             row = probs[0, h, qb].double()
-            bias[0, h, i, :own] = torch.log(row[:-1].repeat_interleave(8)[:own].clamp(min=1e-300))
-            bias[0, h, i, own:] = torch.log(torch.maximum(row[-1], row[row > 0].min()))
+            per_key = torch.log(row.repeat_interleave(8)[:129].clamp(min=1e-300))
+            best = torch.log(row.max().clamp(min=1e-300))
+            bias[0, h, i] = best
+            bias[0, h, i, sink:window] = per_key[sink:window]
     mask = prior.to_dense_mask()
     group = 2
     logits = (q.double() @ k.double().repeat_interleave(group, 1).transpose(-1, -2)) * scale

@@ -98,7 +98,13 @@ def run(args) -> int:
         max_query_blocks=args.max_query_blocks,
     )
     label = {
-        m: method_label(m, config.chunker, config.share_boundaries, boundary_z=config.boundary_z)
+        m: method_label(
+            m,
+            config.chunker,
+            config.share_boundaries,
+            boundary_z=config.boundary_z,
+            chunk_range=(config.min_chunk, config.max_chunk),
+        )
         for m in methods
     }
     passes = [(n, b, i) for n in sorted(lengths) for b in budgets for i in range(args.samples)]

@@ -73,6 +73,12 @@ def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: b
         help="similarity chunker threshold: cut where the shift score exceeds its mean "
         "plus Z standard deviations (default %(default)s; lower: more, shorter chunks)",
     )
+    p.add_argument(
+        "--chunk-range",
+        default=f"{DHSAConfig.min_chunk}-{DHSAConfig.max_chunk}",
+        help="similarity chunker's shortest and longest chunk, MIN-MAX (default %(default)s; "
+        "recorded as dhsa/chunks=MIN-MAX when not the default)",
+    )
     if decode:
         p.add_argument(
             "--decode",
@@ -94,6 +100,7 @@ def base_config(args) -> DHSAConfig:
     ``--chunker learned`` (it would be ignored) or a learned chunker without a predictor."""
     if args.predictor and args.chunker != "learned":
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
+    min_chunk, max_chunk = parse_chunk_range(getattr(args, "chunk_range", None))
     return DHSAConfig(
         chunker=args.chunker,
         predictor=args.predictor,
@@ -101,7 +108,19 @@ def base_config(args) -> DHSAConfig:
         share_boundaries=args.boundaries == "shared",
         sparse_decode=getattr(args, "decode", "sparse") == "sparse",
         boundary_z=args.boundary_z,
+        min_chunk=min_chunk,
+        max_chunk=max_chunk,
     )
+
+
+def parse_chunk_range(text: str | None) -> tuple[int, int]:
+    """``"4-32"`` -> ``(4, 32)``; None gives the defaults; ValueError naming a bad range."""
+    if text is None:
+        return DHSAConfig.min_chunk, DHSAConfig.max_chunk
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit()) or not 0 < int(low) <= int(high):
+        raise ValueError(f"bad --chunk-range {text!r}: use MIN-MAX with 0 < MIN <= MAX, e.g. 4-32")
+    return int(low), int(high)
 
 
 def check_device(name: str):
@@ -188,6 +207,7 @@ def method_label(
     shared: bool,
     sparse_decode: bool = True,
     boundary_z: float = DHSAConfig.boundary_z,
+    chunk_range: tuple[int, int] = (DHSAConfig.min_chunk, DHSAConfig.max_chunk),
 ) -> str:
     """The name ``method`` is recorded under: ``dhsa`` with another chunker than ``similarity``,
     another boundary threshold or per-layer boundaries is told apart (``dhsa:learned``,
@@ -197,12 +217,14 @@ def method_label(
     if method == "dense":
         return method
     label = method
-    if method == "dhsa":
+    if method.split("-")[0] == "dhsa":
         label += ("" if chunker == "similarity" else f":{chunker}") + (
             "" if shared else "/per-layer"
         )
         if chunker == "similarity" and boundary_z != DHSAConfig.boundary_z:
             label += f"/z={boundary_z:g}"
+        if chunker == "similarity" and chunk_range != (DHSAConfig.min_chunk, DHSAConfig.max_chunk):
+            label += f"/chunks={chunk_range[0]}-{chunk_range[1]}"
     return label + ("" if sparse_decode else "/dense-decode")
 
 

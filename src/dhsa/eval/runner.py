@@ -63,6 +63,7 @@ def run_grid(
             base_config.share_boundaries,
             base_config.sparse_decode,
             base_config.boundary_z,
+            (base_config.min_chunk, base_config.max_chunk),
         )
         for c in contenders
     }

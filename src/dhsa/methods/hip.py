@@ -3,12 +3,12 @@
 Per query block, the candidate keys (between the attention sink and the local window, inside the
 sliding window if any) are cut into ``n = room // hip_block`` equal ranges, ``room`` being the
 budget left after sink and window. Each round halves every range longer than ``hip_block`` and
-scores each half by the largest dot product between the block's queries (query heads of a KV
-group averaged) and a representative block of ``hip_block`` keys at the half's centre; the best
+scores each half by the largest dot product between the block's queries (every query head of the
+KV group) and a representative block of ``hip_block`` keys at the half's centre; the best
 ``n`` halves survive. After about ``log2(candidates / room)`` rounds the ``n`` survivors are at
 most ``hip_block`` long and become the selected spans, so no query exceeds the budget.
 
-Each round costs ``2 * room * query_block * D`` per query block, so selection is
+Each round costs ``2 * room * G * query_block * D`` per query block, so selection is
 ``O(L * room * D * log(L / room))`` in time and never forms an ``L x L`` tensor.
 """
 
@@ -24,14 +24,17 @@ from .regions import BlockRegions, block_regions
 
 
 def _padded_query_blocks(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
-    """Group-averaged queries ``[B * Hkv, NQB, Bq, D]``; a short last block repeats its last query
-    (a repeated query leaves every max dot product unchanged, so no mask is needed)."""
+    """Every query of a block, the ``G`` heads of a KV group side by side: float32
+    ``[B * Hkv, NQB, G * Bq, D]``. A short last block repeats its last query (a repeated query
+    leaves every max dot product unchanged, so no mask is needed). The heads stay apart: a range
+    that one head looks for keeps its score instead of being averaged away by the others."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // kv_heads
     num_blocks = -(-q_len // query_block)
-    mean = q.view(batch, kv_heads, group, q_len, dim).sum(dim=2, dtype=torch.float32) / group
     rows = torch.clamp(torch.arange(num_blocks * query_block, device=q.device), max=q_len - 1)
-    return mean[:, :, rows].view(batch * kv_heads, num_blocks, query_block, dim)
+    x = q[:, :, rows].float().view(batch, kv_heads, group, num_blocks, query_block, dim)
+    x = x.permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch * kv_heads, num_blocks, group * query_block, dim)
 
 
 def _score_ranges(queries: Tensor, keys: Tensor, lo: Tensor, hi: Tensor, rep: int) -> Tensor:
@@ -107,7 +110,8 @@ def select_hip(
     keep = room // rep
     fixed_starts, fixed_ends = regions.fixed_spans()
     num_blocks = regions.block_start.numel()
-    tile = max(1, config.tile_elements // max(batch * kv_heads * 2 * keep * rep * bq, 1))
+    width = queries.shape[2]
+    tile = max(1, config.tile_elements // max(batch * kv_heads * 2 * keep * rep * width, 1))
     starts, ends = [], []
     for t0 in range(0, num_blocks, tile):
         t1 = min(t0 + tile, num_blocks)
