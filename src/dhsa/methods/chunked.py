@@ -22,8 +22,10 @@ from .scoring import (
 )
 
 # One tile of the ``peak`` rescoring gathers the keys of its rows' candidates: up to this many
-# times ``DHSAConfig.tile_elements`` elements (a stage-2 row is longer than a row of scores).
-PEAK_TILE_FACTOR = 8
+# times ``DHSAConfig.tile_elements`` elements (a stage-2 row is longer than a row of scores). On
+# the GPU a tile of one row per launch sequence is launch-bound (benchmarks/gpu/
+# selection_cost.jsonl: 1.26 s at 32K keys), so tiles there may be 32 times larger.
+PEAK_TILE_FACTOR = {"cpu": 8, "cuda": 256}
 
 
 def chunk_select(
@@ -73,7 +75,8 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     room = max(int((config.budget - regions.fixed_cost).clamp(min=0).max()), 1)
     width = CANDIDATE_FACTOR * room + longest
     per_row = k.shape[0] * kv_heads * width * (dim + head_q.shape[2] + 4)
-    tile = max(1, PEAK_TILE_FACTOR * config.tile_elements // max(per_row, 1))
+    factor = PEAK_TILE_FACTOR.get(k.device.type, PEAK_TILE_FACTOR["cpu"])
+    tile = max(1, factor * config.tile_elements // max(per_row, 1))
     num_blocks = head_q.shape[3]
 
     def tiles():
