@@ -1,4 +1,4 @@
-"""Incremental decode selection: boundaries, scoring and layouts against full-sequence references."""
+"""Incremental decode selection: boundaries, scoring and layouts against whole-sequence runs."""
 
 import pytest
 import torch

@@ -31,9 +31,13 @@ def main(lengths: list[int]) -> None:
         )
         for scoring in ("paper", "peak"):
             config = dhsa.DHSAConfig(budget=2048, min_length=0, scoring=scoring)
-            select = do_bench(lambda c=config: dhsa.select(q, k, c), rep=300, return_mode="median")
+            select = do_bench(
+                lambda c=config, q=q, k=k: dhsa.select(q, k, c), rep=300, return_mode="median"
+            )
             whole = do_bench(
-                lambda c=config: dhsa.sparse_attention(q, k, v, c), rep=300, return_mode="median"
+                lambda c=config, q=q, k=k, v=v: dhsa.sparse_attention(q, k, v, c),
+                rep=300,
+                return_mode="median",
             )
             row = {
                 "length": length,

@@ -2,7 +2,8 @@
 
 Times ``dhsa.select`` alone (no attention) at 4K..32K keys, ``B=1, Hq=8, Hkv=2, D=64``, budget
 2048, float32 by default (``--device cuda --q-heads 32 --kv-heads 8 --head-dim 128 --dtype
-bfloat16`` for the GPU record in ``benchmarks/gpu/selection.json``). Inputs are random with a slowly drifting shared component per 64 tokens (so block
+bfloat16`` for the GPU record in ``benchmarks/gpu/selection.json``). Inputs are random with a
+slowly drifting shared component per 64 tokens (so block
 scores differ, as with real keys, and ``dash`` does not see a flat score landscape). Writes
 ``results.json`` beside this script with the command, device, date and per-run numbers.
 
@@ -73,7 +74,8 @@ def main() -> int:
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "device": torch.cuda.get_device_name()
         if args.device == "cuda"
-        else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        else f"cpu: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "shape": {

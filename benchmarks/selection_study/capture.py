@@ -1,6 +1,6 @@
 """Record the queries and keys (after RoPE) of a model's full-attention layers on NIAH prompts.
 
-Usage: python benchmarks/selection_study/capture.py MODEL LENGTH OUT.pt INDEX:DEPTH [INDEX:DEPTH ...]
+Usage: python benchmarks/selection_study/capture.py MODEL LENGTH OUT.pt INDEX:DEPTH [...]
 
 Runs one dense prefill per NIAH cell (CPU, float32) and saves, per cell, the value's token
 positions and, per full-attention layer, ``q [1, Hq, L, D]`` and ``k [1, Hkv, L, D]`` in bfloat16,
@@ -47,7 +47,9 @@ def main(model_name: str, length: int, out: str, cells: list[str]) -> None:
     saved = []
     for cell in cells:
         index, depth = cell.split(":")
-        sample = niah_cell_sample(length, int(index), float(depth), token_counter(tokenizer), essays)
+        sample = niah_cell_sample(
+            length, int(index), float(depth), token_counter(tokenizer), essays
+        )
         value = sample.answers[0]
         at = sample.prompt.index(value)
         encoded = tokenizer(sample.prompt, return_offsets_mapping=True, return_tensors="pt")
@@ -57,8 +59,11 @@ def main(model_name: str, length: int, out: str, cells: list[str]) -> None:
         with torch.no_grad():
             logits = model(input_ids=encoded["input_ids"], use_cache=False).logits[0, -1]
         first = tokenizer.decode(logits.argmax())
-        print(f"cell {cell}: {encoded['input_ids'].shape[1]} tokens, value {value} at {needle}, "
-              f"first answer token {first!r}", flush=True)
+        print(
+            f"cell {cell}: {encoded['input_ids'].shape[1]} tokens, value {value} at {needle}, "
+            f"first answer token {first!r}",
+            flush=True,
+        )
         saved.append({"cell": cell, "value": value, "needle": needle, "layers": dict(layers)})
     torch.save({"model": model_name, "length": length, "cells": saved}, out)
 

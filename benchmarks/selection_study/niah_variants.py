@@ -56,9 +56,14 @@ def main(model_name, length, seed, samples, out, variants, device="cpu"):
                 dhsa.configure(model, config, method=method)
                 reply, _ = greedy_answer(model, tokenizer, sample.prompt, sample.max_new_tokens)
                 row = {
-                    "model": model_name, "length": length, "seed": seed, "index": index,
-                    "depth": depth, "variant": variant,
-                    "score": string_match_all(reply, sample.answers), "reply": reply[:60],
+                    "model": model_name,
+                    "length": length,
+                    "seed": seed,
+                    "index": index,
+                    "depth": depth,
+                    "variant": variant,
+                    "score": string_match_all(reply, sample.answers),
+                    "reply": reply[:60],
                 }
                 with open(out, "a") as f:
                     f.write(json.dumps(row) + "\n")

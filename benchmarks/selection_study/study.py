@@ -11,7 +11,6 @@ Library methods run through :func:`dhsa.select`; the study variants score chunks
 budget with the same greedy rule (whole chunks by descending score, the last one cut).
 """
 
-import math
 import os
 import sys
 
@@ -22,7 +21,11 @@ from dhsa.chunking import compute_boundaries
 from dhsa.methods.regions import block_regions
 
 TOPK = 32
-LIBRARY = tuple(os.environ.get("LIBRARY", "oracle_topk,block_sparse,vertical_slash,hip,dash").split(",")) if os.environ.get("LIBRARY", "x") else ()
+LIBRARY = (
+    tuple(os.environ.get("LIBRARY", "oracle_topk,block_sparse,vertical_slash,hip,dash").split(","))
+    if os.environ.get("LIBRARY", "x")
+    else ()
+)
 
 
 def chunk_pieces(bounds: torch.Tensor, piece: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,14 +305,19 @@ def main(budget: int, files: list[str], **chunking) -> None:
                 for name, (mem, smem) in results.items():
                     masks = {(h, qb): mem[h, qb] for h in range(hkv) for qb in blocks}
                     rec_h = topk_recall(q, k, masks, blocks, bq, scale, kvh_of)
-                    row = totals.setdefault(name, {"needle": [], "step": [], "mean": [], "worst": []})
+                    row = totals.setdefault(
+                        name, {"needle": [], "step": [], "mean": [], "worst": []}
+                    )
                     row["needle"].append(float(mem[0, nqb - 1][needle].float().mean()))
                     row["step"].append(float(smem[0, 0][needle].float().mean()))
                     row["mean"].append(float(rec_h.mean()))
                     row["worst"].append(float(rec_h.min()))
-                    print(f"{file} {cell['cell']} L{layer} {name:15s} needle "
-                          f"{row['needle'][-1]:.2f} step {row['step'][-1]:.2f} top32 "
-                          f"{row['mean'][-1]:.3f} worst {row['worst'][-1]:.3f}", flush=True)
+                    print(
+                        f"{file} {cell['cell']} L{layer} {name:15s} needle "
+                        f"{row['needle'][-1]:.2f} step {row['step'][-1]:.2f} top32 "
+                        f"{row['mean'][-1]:.3f} worst {row['worst'][-1]:.3f}",
+                        flush=True,
+                    )
     print(f"\nbudget {budget}: means over cells and layers")
     print(f"{'variant':16s} needle  step   top32  worst-head")
     for name, row in totals.items():

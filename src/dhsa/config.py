@@ -156,7 +156,8 @@ class DHSAConfig:
         fixed = self.sink + self.local + self.query_block
         if self.budget < fixed:
             raise ValueError(
-                f"DHSAConfig.budget={self.budget} is smaller than the fixed part every query keeps: "
+                f"DHSAConfig.budget={self.budget} is smaller than the fixed part every query "
+                f"keeps: "
                 f"sink ({self.sink}) + local ({self.local}) + query_block ({self.query_block}) "
                 f"= {fixed}; raise the budget or shrink sink/local"
             )
@@ -184,7 +185,7 @@ class DHSAConfig:
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> DHSAConfig:
-        """A named starting point: ``"default"``, ``"budget1024"``, ``"budget4096"``, ``"fixed"``."""
+        """A named starting point: ``default``, ``budget1024``, ``budget4096``, ``fixed``."""
         if name not in PRESETS:
             raise ValueError(f"unknown DHSAConfig preset {name!r}: allowed {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **changes)

@@ -124,7 +124,7 @@ def _check_method(method: str) -> None:
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The attention layers of ``model``: modules with ``layer_idx`` and ``num_key_value_groups``."""
+    """The attention layers of ``model``: modules with ``layer_idx``, ``num_key_value_groups``."""
     return [
         m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")
     ]
@@ -172,7 +172,7 @@ def configure(
 
 
 def binding_of(module: torch.nn.Module) -> ModelBinding:
-    """The settings :func:`configure` gave ``module``, or per-model defaults if it was not called."""
+    """The settings :func:`configure` gave ``module``, or per-model defaults without it."""
     binding = getattr(module, "_dhsa_binding", None)
     if binding is not None:
         return binding

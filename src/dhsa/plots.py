@@ -28,7 +28,7 @@ def plot_lines(
     log_x: bool = True,
     log_y: bool = False,
 ) -> Path:
-    """One panel per ``(field, label)`` in ``panels``: ``field`` against ``x``, a line per ``group``.
+    """One panel per ``(field, label)`` of ``panels``: ``field`` over ``x``, a line per ``group``.
 
     Records missing a panel's field (or holding None there) are left out of that panel.
     """

@@ -4,7 +4,8 @@ Dense is SDPA with one query (its best kernel on the device). Sparse decode is w
 per layer and token: :class:`dhsa.decode.DecodeSession` absorbs the new key and selects spans
 (sink, local window, best chunks within the budget), then :func:`dhsa.kernels.attend_decode`
 attends them. Timed per step over consecutive tokens, so the incremental state really advances;
-``attend_ms`` is the attention over a fixed selection alone. A speedup is recorded only when the sparse output passed the float64
+``attend_ms`` is the attention over a fixed selection alone. A speedup is recorded only when the
+sparse output passed the float64
 spot check.
 """
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 
 def pad_boundaries(per_batch: list[Tensor], length: int) -> Tensor:
-    """Stack 1-D boundary vectors of different lengths into ``[B, N + 1]``, padded with ``length``."""
+    """Stack 1-D boundary vectors of several lengths into ``[B, N + 1]``, padded with ``length``."""
     width = max(int(b.numel()) for b in per_batch)
     out = torch.full((len(per_batch), width), length, dtype=torch.int64, device=per_batch[0].device)
     for i, b in enumerate(per_batch):

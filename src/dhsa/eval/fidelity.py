@@ -220,7 +220,7 @@ def recording_attention(model, probe: FidelityProbe) -> str:
 
 
 def run_fidelity(model, input_ids: Tensor, probe: FidelityProbe) -> list[dict]:
-    """One prefill of ``input_ids [1, L]`` through ``model`` with ``probe`` recording every layer."""
+    """One prefill of ``input_ids [1, L]`` through ``model``, ``probe`` recording every layer."""
     previous = recording_attention(model, probe)
     try:
         with torch.no_grad():

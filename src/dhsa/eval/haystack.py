@@ -63,7 +63,7 @@ def essay_sentences(path: str | Path = DEFAULT_HAYSTACK) -> tuple[str, ...]:
 
 
 def cycle_units(units: tuple[str, ...] | list[str], start: int, count: int) -> list[str]:
-    """``count`` units read from ``start`` on, wrapping around (haystacks longer than the source)."""
+    """``count`` units read from ``start`` on, wrapping around (haystacks beyond the source)."""
     n = len(units)
     return [units[(start + i) % n] for i in range(count)]
 

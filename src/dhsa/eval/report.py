@@ -138,7 +138,8 @@ def fidelity_section(document: dict) -> str:
         [
             f"## Attention fidelity on real activations: {_models(document, 'overall')}",
             _runs(document),
-            "Mean over layers of the dense softmax mass each selection keeps (recall), the relative "
+            "Mean over layers of the dense softmax mass each selection keeps (recall), the "
+            "relative "
             "output error against dense attention, and the fraction of the causal keys kept:",
             format_table(rows, columns),
             "Recall per layer, in the layers where the selection drops keys (density below 0.99; "

@@ -108,7 +108,7 @@ def _sort_key(values: tuple) -> tuple:
 
 
 def mean_by(cells: Iterable[dict], fields: Sequence[str], value: str = "score") -> list[dict]:
-    """Mean of ``value`` over cells sharing ``fields``: ``[{**fields, value, "samples"}]``, sorted."""
+    """Mean of ``value`` over cells sharing ``fields``: ``[{**fields, value, "samples"}]``."""
     groups: dict[tuple, list[float]] = {}
     for cell in cells:
         groups.setdefault(tuple(cell.get(f) for f in fields), []).append(float(cell[value]))
