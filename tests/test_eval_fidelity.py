@@ -47,6 +47,31 @@ def reference_recall(q, k, mask, blocks, query_block, scale, window=None):
     return kept[:, :, rows].mean().item()
 
 
+def reference_topk_recall(q, k, mask, blocks, query_block, scale, window, top):
+    """Per query head: the mean share of each query's ``top`` largest logits inside ``mask``,
+    by loops over heads and queries."""
+    q_heads, q_len, k_len = q.shape[1], q.shape[2], k.shape[2]
+    group = q_heads // k.shape[1]
+    out = torch.zeros(q_heads)
+    rows = [
+        i
+        for b in blocks.tolist()
+        for i in range(b * query_block, min((b + 1) * query_block, q_len))
+    ]
+    for batch in range(q.shape[0]):
+        for h in range(q_heads):
+            for i in rows:
+                pos = k_len - q_len + i
+                logits = (q[batch, h, i].double() @ k[batch, h // group].double().T) * scale
+                visible = torch.arange(k_len) <= pos
+                if window is not None:
+                    visible &= pos - torch.arange(k_len) < window
+                logits[~visible] = -math.inf
+                best = logits.topk(top).indices
+                out[h] += mask[batch, h // group, i, best].double().mean().float()
+    return out / (len(rows) * q.shape[0])
+
+
 @pytest.mark.parametrize("window", [None, 70])
 def test_recall_matches_dense_mask_reference(rng, window):
     q, k, _ = make_qkv(2, 6, 2, 301, 301, 16, rng)
@@ -60,10 +85,16 @@ def test_recall_matches_dense_mask_reference(rng, window):
         q, k, layouts, blocks, scale=0.25, softcap=None, sliding_window=window, query_block=16
     )
     for method, layout in layouts.items():
-        expected = reference_recall(q, k, layout.to_dense_mask(), blocks, 16, 0.25, window)
-        assert got[method] == pytest.approx(expected, abs=1e-5)
-    assert got["dense"] == pytest.approx(1.0, abs=1e-5)
-    assert got["streaming"] < 0.999
+        mask = layout.to_dense_mask()
+        expected = reference_recall(q, k, mask, blocks, 16, 0.25, window)
+        assert got[method]["recall"] == pytest.approx(expected, abs=1e-5)
+        for top in (8, 32):
+            want = reference_topk_recall(q, k, mask, blocks, 16, 0.25, window, top)
+            torch.testing.assert_close(got[method][top], want, atol=1e-5, rtol=0)
+    assert got["dense"]["recall"] == pytest.approx(1.0, abs=1e-5)
+    assert bool((got["dense"][32] == 1.0).all())
+    assert got["streaming"]["recall"] < 0.999
+    assert float(got["streaming"][8].min()) < 1.0
 
 
 def test_layer_fidelity_limits(rng):

@@ -30,7 +30,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, fields.split(",")):
         key, value = item.split("=")
         current = getattr(dhsa.DHSAConfig, key)
-        changes[key] = type(current)(value) if current is not None else int(value)
+        if isinstance(current, bool):
+            changes[key] = value == "True"
+        elif current is None:
+            changes[key] = int(value)
+        else:
+            changes[key] = type(current)(value)
     return method, changes
 
 

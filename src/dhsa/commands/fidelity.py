@@ -137,6 +137,7 @@ def run(args) -> int:
                 ("recall", "recall"),
                 ("output_error", "rel. error"),
                 ("density", "density"),
+                ("top32", "top-32 key recall"),
                 ("worst_layer", "worst layer"),
                 ("worst_recall", "worst recall"),
             ],

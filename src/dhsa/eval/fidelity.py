@@ -5,7 +5,12 @@ Per layer and method, on the layer's own queries and keys (after RoPE):
 - ``recall``: the fraction of the dense softmax mass that falls on the keys the method selects,
   averaged over query heads and evaluated queries (1 means nothing that mattered was dropped);
 - ``output_error``: ``||O_method - O_dense|| / ||O_dense||`` over the evaluated queries;
-- ``density``: the fraction of the causal query-key pairs the layout keeps (all queries).
+- ``density``: the fraction of the causal query-key pairs the layout keeps (all queries);
+- ``top8``, ``top32``, ``top128`` (*top-k key recall*): per query head, the share of each
+  evaluated query's ``k`` largest dense logits that the layout keeps, averaged over the queries,
+  then over the heads; ``top32_worst`` and ``top32_worst_head`` name the head with the lowest
+  top-32 recall. Mean mass kept hides a few lost keys that one head needs (a needle); top-k key
+  recall per head does not.
 
 Only queries whose block starts at or after ``budget`` keys are evaluated (earlier ones see at
 most the budget, so every method keeps all of their keys), at most ``max_query_blocks`` of those
@@ -26,6 +31,7 @@ from ..chunking import compute_boundaries
 from ..config import DHSAConfig
 from ..kernels import attend
 from ..layout import Layout
+from .generation import split_method
 from .results import ResultStore, mean_by
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,9 @@ def _block_rows(x: Tensor, blocks: Tensor, query_block: int) -> Tensor:
     return x.index_select(2, index)
 
 
+TOPK = (8, 32, 128)
+
+
 def attention_recall(
     q: Tensor,
     k: Tensor,
@@ -64,10 +73,12 @@ def attention_recall(
     softcap: float | None,
     sliding_window: int | None,
     query_block: int,
-) -> dict[str, float]:
-    """Mean dense softmax mass (fp32) inside each layout's selection, over query heads and the
-    queries of ``blocks``. ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]`` (GQA: head ``h`` reads KV
-    head ``h // G``); one block's ``[B, Hq, query_block, Lk]`` probabilities exist at a time."""
+) -> dict[str, dict]:
+    """Per layout: ``recall``, the mean dense softmax mass (fp32) inside its selection over query
+    heads and the queries of ``blocks``, and the top-k key recall of every query head
+    (``topk [Hq]`` per ``k`` of :data:`TOPK`, see the module docstring). ``q [B, Hq, Lq, D]``,
+    ``k [B, Hkv, Lk, D]`` (GQA: head ``h`` reads KV head ``h // G``); one block's
+    ``[B, Hq, query_block, Lk]`` probabilities exist at a time."""
     batch, q_heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
@@ -78,6 +89,7 @@ def attention_recall(
         for name, layout in layouts.items()
     }
     kept = dict.fromkeys(layouts, 0.0)
+    hits = {name: {top: torch.zeros(q_heads) for top in TOPK} for name in layouts}
     queries = 0
     for qb in blocks.tolist():
         q0, q1 = qb * query_block, min((qb + 1) * query_block, q_len)
@@ -89,12 +101,23 @@ def attention_recall(
         allowed = k_pos[None, :] <= q_pos[:, None]
         if sliding_window is not None:
             allowed &= q_pos[:, None] - k_pos[None, :] < sliding_window
-        probs = logits.masked_fill(~allowed, -torch.inf).softmax(dim=-1)
+        logits = logits.masked_fill(~allowed, -torch.inf)
+        probs = logits.softmax(dim=-1)
+        visible = int(allowed.sum(-1).min())
+        order = logits.topk(min(max(TOPK), visible), dim=-1).indices
         for name, member in members.items():
             inside = member[:, :, qb, None, None, :]
             kept[name] += float((probs * inside).sum())
-        queries += batch * q_heads * (q1 - q0)
-    return {name: total / queries for name, total in kept.items()}
+            found = inside.expand(-1, -1, group, q1 - q0, -1).gather(-1, order).float()
+            for top in TOPK:
+                share = found[..., :top].mean(-1).sum(dim=(0, 3))  # [Hkv, G]
+                hits[name][top] += share.reshape(-1).cpu()
+        queries += q1 - q0
+    out = {}
+    for name, total in kept.items():
+        out[name] = {"recall": total / (queries * batch * q_heads)}
+        out[name].update({top: hits[name][top] / (queries * batch) for top in TOPK})
+    return out
 
 
 def layer_fidelity(
@@ -118,18 +141,18 @@ def layer_fidelity(
     q, k, v = q.float(), k.float(), v.float()
     blocks = evaluated_blocks(q.shape[2], k.shape[2], config, max_query_blocks)
     bq = config.query_block
-    layouts = {
-        method: select(
+    layouts = {}
+    for method in methods:
+        name, scoring = split_method(method)
+        layouts[method] = select(
             q,
             k,
-            config,
-            method=method,
+            config if scoring is None else config.replace(scoring=scoring),
+            method=name,
             sliding_window=sliding_window,
             scale=scale,
-            boundaries=boundaries if method == "dhsa" else None,
+            boundaries=boundaries if name == "dhsa" else None,
         )
-        for method in methods
-    }
     recall = attention_recall(
         q,
         k,
@@ -149,10 +172,15 @@ def layer_fidelity(
     for method, layout in layouts.items():
         out = attend(q, k, v, layout, scale=scale, softcap=softcap, backend="torch")
         error = torch.linalg.vector_norm(_block_rows(out, blocks, bq) - dense)
+        top = recall[method]
+        worst = int(top[32].argmin())
         records.append(
             {
                 "method": method,
-                "recall": recall[method],
+                "recall": top["recall"],
+                **{f"top{k}": float(top[k].mean()) for k in TOPK},
+                "top32_worst": float(top[32][worst]),
+                "top32_worst_head": worst,
                 "output_error": float(error / torch.linalg.vector_norm(dense).clamp(min=1e-30)),
                 "density": layout.density(),
                 "queries": int(_block_rows(q[:, :1], blocks, bq).shape[2]),
@@ -242,6 +270,11 @@ def summarize_fidelity(records: list[dict]) -> list[dict]:
                 "recall": sum(r["recall"] for r in rows) / len(rows),
                 "output_error": sum(r["output_error"] for r in rows) / len(rows),
                 "density": sum(r["density"] for r in rows) / len(rows),
+                **{
+                    f"top{k}": sum(r[f"top{k}"] for r in rows) / len(rows)
+                    for k in TOPK
+                    if all(f"top{k}" in r for r in rows)
+                },
                 "worst_layer": worst["layer"],
                 "worst_recall": worst["recall"],
                 "layers": len(rows),
@@ -250,15 +283,16 @@ def summarize_fidelity(records: list[dict]) -> list[dict]:
     return out
 
 
-FIDELITY_VALUES = ("recall", "output_error", "density")
+FIDELITY_VALUES = ("recall", "output_error", "density", "top8", "top32", "top128", "top32_worst")
 
 
 def per_layer(cells: list[dict]) -> list[dict]:
-    """Fidelity per (model, method, budget, length, layer), averaged over prompts."""
+    """Fidelity per (model, method, budget, length, layer), averaged over prompts (records made
+    before the top-k key recall existed simply lack its values)."""
     fields = ["model", "method", "budget", "length", "layer"]
     merged: dict[tuple, dict] = {}
     for value in FIDELITY_VALUES:
-        for row in mean_by(cells, fields, value):
+        for row in mean_by([c for c in cells if value in c], fields, value):
             merged.setdefault(tuple(row[f] for f in fields), dict(row)).update({value: row[value]})
     return list(merged.values())
 

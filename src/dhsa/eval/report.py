@@ -129,6 +129,8 @@ def fidelity_section(document: dict) -> str:
         ("worst_layer", "worst layer"),
         ("worst_recall", "its recall"),
     ]
+    if any("top32" in r for r in document["overall"]):
+        columns.insert(7, ("top32", "top-32 key recall"))
     rows = sorted(
         document["overall"], key=lambda r: (r["model"], r["length"], r["budget"], -r["recall"])
     )
@@ -146,20 +148,33 @@ def fidelity_section(document: dict) -> str:
             "a sliding-window layer keeps its whole window under every method):",
             _selective_layers(document["layers"]),
         ]
+        + _top32_layers(document["layers"])
     )
 
 
-def _selective_layers(layers: list[dict]) -> str:
-    """One row per (model, length, budget, layer) whose density is below 0.99, one recall column
-    per method; the method with the highest recall is marked in bold."""
-    methods = sorted({r["method"] for r in layers})
+def _top32_layers(layers: list[dict]) -> list[str]:
+    """The per-layer top-32 key recall table, when the records hold it."""
+    if not any("top32" in r for r in layers):
+        return []
+    return [
+        "Top-32 key recall per layer (per query head, the share of each query's 32 largest "
+        "dense logits that the selection keeps, mean over heads; `oracle_topk` and "
+        "`vertical_slash` are the reference rows):",
+        _selective_layers(layers, "top32"),
+    ]
+
+
+def _selective_layers(layers: list[dict], value: str = "recall") -> str:
+    """One row per (model, length, budget, layer) whose density is below 0.99, one ``value``
+    column per method; the method with the highest value is marked in bold."""
+    methods = sorted({r["method"] for r in layers if value in r})
     table: dict[tuple, dict] = {}
     for r in layers:
-        if r["density"] >= 0.99:
+        if r["density"] >= 0.99 or value not in r:
             continue
         key = (r["model"], r["length"], r["budget"], r["layer"])
         table.setdefault(key, dict(zip(("model", "length", "budget", "layer"), key, strict=False)))
-        table[key][r["method"]] = r["recall"]
+        table[key][r["method"]] = r[value]
     rows = []
     for key in sorted(table):
         row = table[key]
