@@ -1,22 +1,10 @@
 #!/usr/bin/env bash
-# On the GPU machine, after the carried folders (.carry/w and .carry/p0..p4: the wheels, the
+# On the GPU machine, after the carried folders (made by device_gemma3_parts.sh: the wheels, the
 # haystack and gemma3's GGUF in parts) were copied to /tmp/carry by earlier calls: join and
 # check the model, install the wheels, then run the selection grids of the selection issue as
 # parallel processes, each resumable under /tmp/acc. Seed 0 tunes (dhsa's chunk range), seed 1
 # reports every contender. At the end (or after LIMIT seconds) the files are merged into $OUT.
-set -uo pipefail
-LIMIT=${LIMIT:-480}
-C=/tmp/carry
-mkdir -p /tmp/models /tmp/acc /tmp/site
-if [ ! -f /tmp/models/gemma-3-270m-q4_k_m.gguf ]; then
-  cat $C/gemma.part* > /tmp/models/gemma-3-270m-q4_k_m.gguf
-fi
-sha256sum /tmp/models/*.gguf
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site $C/*.whl || exit 1
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 DHSA_MODELS_DIR=/tmp/models
-export DHSA_HAYSTACK=$C/PaulGrahamEssays.json
-OUT=${OUT:-out}; mkdir -p "$OUT"
+source "$(dirname "$0")/device_gemma3_env.sh"
 job() {  # name, then the command's arguments
   local name=$1; shift
   timeout "$LIMIT" python3 -m dhsa.cli "$@" --device cuda --dtype bfloat16 --haystack $DHSA_HAYSTACK \
