@@ -1,5 +1,6 @@
-"""Chunk-scoring selectors: ``dhsa`` (dynamic chunks, ``sqrt(n) * mean``) and ``block_sparse``
-(fixed blocks, plain mean). Both keep sink + local window and fill the budget greedily."""
+"""Chunk-scoring selectors: ``dhsa`` (dynamic chunks, scored by ``DHSAConfig.scoring``: ``peak``
+or the paper's ``sqrt(n) * mean``) and ``block_sparse`` (fixed blocks, plain mean). Both keep
+sink + local window and fill the budget greedily."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
                     room=room,
                     shortest=shortest,
                     longest=longest,
-                    prior=None if probe is None else _last_row_prior(probe, q0, q1, num_blocks),
+                    prior=None if probe is None or q1 < num_blocks else _last_row(probe, q1 - q0),
                     exact_prior=True,
                 ),
             )
@@ -114,18 +115,18 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     return tiles
 
 
-def _last_row_prior(probe: Tensor, q0: int, q1: int, num_blocks: int) -> Tensor:
-    """``[B, Hkv, q1 - q0, N]``: ``probe`` on the last query block's row, ``-inf`` elsewhere."""
-    prior = torch.full((*probe.shape[:2], q1 - q0, probe.shape[3]), -torch.inf, device=probe.device)
-    if q1 == num_blocks:
-        prior[:, :, -1] = probe[:, :, 0]
+def _last_row(probe: Tensor, rows: int) -> Tensor:
+    """``[B, Hkv, rows, N]``: ``probe [B, Hkv, 1, N]`` on the last row, ``-inf`` elsewhere."""
+    prior = torch.full((*probe.shape[:2], rows, probe.shape[3]), -torch.inf, device=probe.device)
+    prior[:, :, -1] = probe[:, :, 0]
     return prior
 
 
 def select_dhsa(
     q: Tensor, k: Tensor, config: DHSAConfig, *, sliding_window=None, boundaries=None, scale=None
 ) -> Layout:
-    """DHSA: chunks from ``config.chunker`` (or the given ``boundaries``), ``sqrt(n) * mean``."""
+    """DHSA: chunks from ``config.chunker`` (or the given ``boundaries``), scored by the
+    ``config.scoring`` rule (:func:`dhsa.methods.scoring.peak_scores`, or ``sqrt(n) * mean``)."""
     if boundaries is None:
         boundaries = compute_boundaries(k, config)
     else:
