@@ -210,9 +210,14 @@ class ChunkSums:
     :mod:`dhsa.methods.scoring`) of every closed chunk of each row in slots ``0..n_b - 1`` and zeros
     after them; its last slot holds the float32 key *sum* of the row's open tail. ``lo, hi [B,
     cap + 1]`` (int64) give each slot's keys: ``lo = hi = 0`` for unused slots, and the tail slot
-    runs from the tail's start to a sentinel past any key. ``shortest`` is the shortest closed
-    chunk. ``last_key`` remembers the newest absorbed key, so a cache that was reordered or
-    replaced is noticed instead of silently mis-scored.
+    runs from the tail's start to a sentinel past any key. ``shortest`` and ``longest`` bound the
+    closed chunks' lengths, ``tail_starts`` (host ints) gives each row's tail start. ``last_key``
+    remembers the newest absorbed key, so a cache that was reordered or replaced is noticed
+    instead of silently mis-scored.
+
+    ``norm="peak"`` (the ``peak`` scoring) stores plain means and scores through
+    :meth:`peak_scores`; its ``prior [B, Hkv, cap + 1]`` (:meth:`set_prior`, or None) holds each
+    slot's best per-token log mass under the prompt's last queries.
     """
 
     def __init__(
