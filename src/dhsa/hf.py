@@ -381,11 +381,9 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
         )
     boundaries = None
     if q_len > 1:
-        binding.session.forget(layer, row)
+        binding.session.forget(layer)
         if method == "dhsa" and config.share_boundaries:
             boundaries = binding.prefill_boundaries(layer, row, k, config)
-        if method == "dhsa" and config.scoring == "peak":
-            binding.session.remember_probe(layer, row, q[:, :, -config.query_block :])
     return sparse_attention(
         q,
         k,
