@@ -373,8 +373,7 @@ class ChunkSums:
         rescoring the best candidates by their best key in ``k [B, Hkv, L, D]``."""
         kv_heads = self.table.shape[1]
         means = self.table.clone()
-        tail_count = (self.length - self.lo[:, -1]).clamp(min=1)
-        means[:, :, -1] /= tail_count[:, None, None].float()
+        means[:, :, -1] /= self._tail_count()[:, None, None].float()
         device = self.table.device
 
         def at(value: int) -> Tensor:
@@ -405,10 +404,13 @@ class ChunkSums:
         same in one launch (:func:`dhsa.kernels.triton_decode_scores.chunk_scores_triton`)."""
         query = query_block_representations(q, self.table.shape[1], 1, self.norm)
         scores = (self.table @ query.transpose(-1, -2)).squeeze(-1)
-        tail_count = (self.length - self.lo[:, -1]).clamp(min=1)
-        tail_scale = tail_count.float().sqrt() if self.norm == "sqrt" else tail_count.float()
-        scores[:, :, -1] /= tail_scale[:, None]
+        tail_count = self._tail_count().float()
+        scores[:, :, -1] /= (tail_count.sqrt() if self.norm == "sqrt" else tail_count)[:, None]
         return scores
+
+    def _tail_count(self) -> Tensor:
+        """Int64 ``[B]``: the keys in each row's open tail (at least 1)."""
+        return (self.length - self.lo[:, -1]).clamp(min=1)
 
 
 class DecodeSession:

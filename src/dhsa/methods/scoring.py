@@ -47,17 +47,24 @@ def query_block_representations(q: Tensor, kv_heads: int, query_block: int, norm
 
     ``q`` is ``[B, Hq, Lq, D]`` with ``Hq = G * Hkv``; the ``G`` heads of a group are averaged.
     """
+    sums, counts = _head_block_sums(q, kv_heads, query_block)
+    return _normalize(sums.mean(dim=2), counts[:, None], norm)
+
+
+def _head_block_sums(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor, Tensor]:
+    """Float32 per-head query sums ``[B, Hkv, G, NQB, D]`` over each query block, and the
+    blocks' sizes ``[NQB]`` (the last block may be short)."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // kv_heads
     num_blocks = -(-q_len // query_block)
     padded = num_blocks * query_block
-    summed = q.view(batch, kv_heads, group, q_len, dim).sum(dim=2, dtype=torch.float32) / group
+    x = q.float().view(batch, kv_heads, group, q_len, dim)
     if padded != q_len:
-        summed = torch.nn.functional.pad(summed, (0, 0, 0, padded - q_len))
-    sums = summed.view(batch, kv_heads, num_blocks, query_block, dim).sum(dim=3)
-    counts = torch.full((num_blocks,), query_block, device=q.device)
+        x = torch.nn.functional.pad(x, (0, 0, 0, padded - q_len))
+    sums = x.view(batch, kv_heads, group, num_blocks, query_block, dim).sum(dim=4)
+    counts = torch.full((num_blocks,), query_block, device=q.device, dtype=torch.float32)
     counts[-1] = q_len - (num_blocks - 1) * query_block
-    return _normalize(sums, counts[:, None], norm)
+    return sums, counts
 
 
 # Stage 1 of the ``peak`` scoring keeps, per query block, the best chunks covering this many times
@@ -71,16 +78,7 @@ def head_block_means(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
     Unlike :func:`query_block_representations` the ``G`` heads of a KV group stay apart: a key
     that one head looks for is not averaged away by the others.
     """
-    batch, q_heads, q_len, dim = q.shape
-    group = q_heads // kv_heads
-    num_blocks = -(-q_len // query_block)
-    padded = num_blocks * query_block
-    x = q.float().view(batch, kv_heads, group, q_len, dim)
-    if padded != q_len:
-        x = torch.nn.functional.pad(x, (0, 0, 0, padded - q_len))
-    sums = x.view(batch, kv_heads, group, num_blocks, query_block, dim).sum(dim=4)
-    counts = torch.full((num_blocks,), query_block, device=q.device, dtype=torch.float32)
-    counts[-1] = q_len - (num_blocks - 1) * query_block
+    sums, counts = _head_block_sums(q, kv_heads, query_block)
     return sums / counts[:, None]
 
 
