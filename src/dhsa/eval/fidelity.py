@@ -31,7 +31,7 @@ from ..chunking import compute_boundaries
 from ..config import DHSAConfig
 from ..kernels import attend
 from ..layout import Layout
-from .generation import split_method
+from .options import split_method
 from .results import ResultStore, mean_by
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SCORINGS, DHSAConfig
+from ..config import DHSAConfig
 from .haystack import TokenCounter
+from .options import split_method
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,6 @@ class Contender:
         budget = base.budget if self.budget is None else self.budget
         scoring = base.scoring if self.scoring is None else self.scoring
         return base.replace(budget=budget, min_length=0, scoring=scoring)
-
-
-def split_method(name: str) -> tuple[str, str | None]:
-    """``"dhsa-paper"`` -> ``("dhsa", "paper")``: a ``dhsa`` scoring named after a dash
-    (:data:`dhsa.config.SCORINGS`); any other name is a method on its own."""
-    method, _, scoring = name.partition("-")
-    if method == "dhsa" and scoring:
-        if scoring not in SCORINGS:
-            raise ValueError(f"unknown dhsa scoring {scoring!r} in {name!r}: allowed {SCORINGS}")
-        return method, scoring
-    return name, None
 
 
 def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..config import CHUNKERS, DHSAConfig
+from ..config import CHUNKERS, SCORINGS, DHSAConfig
 from .haystack import DEFAULT_HAYSTACK
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -95,6 +95,17 @@ def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: b
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def split_method(name: str) -> tuple[str, str | None]:
+    """``"dhsa-paper"`` -> ``("dhsa", "paper")``: a ``dhsa`` scoring named after a dash
+    (:data:`dhsa.config.SCORINGS`); any other name is a method on its own."""
+    method, _, scoring = name.partition("-")
+    if method == "dhsa" and scoring:
+        if scoring not in SCORINGS:
+            raise ValueError(f"unknown dhsa scoring {scoring!r} in {name!r}: allowed {SCORINGS}")
+        return method, scoring
+    return name, None
+
+
 def base_config(args) -> DHSAConfig:
     """The dhsa configuration the options ask for; ValueError for a predictor without
     ``--chunker learned`` (it would be ignored) or a learned chunker without a predictor."""
@@ -165,7 +176,6 @@ def open_model(args, *, methods=(), budgets=(), lengths=()):
 
     from ..methods import get_selector
     from ..models import context_length, load_model
-    from .generation import split_method
 
     for method in methods:
         get_selector(split_method(method)[0])
@@ -217,7 +227,7 @@ def method_label(
     if method == "dense":
         return method
     label = method
-    if method.split("-")[0] == "dhsa":
+    if split_method(method)[0] == "dhsa":
         label += ("" if chunker == "similarity" else f":{chunker}") + (
             "" if shared else "/per-layer"
         )
