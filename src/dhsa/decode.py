@@ -43,6 +43,7 @@ from .methods.scoring import (
     chunk_representations,
     head_block_means,
     peak_scores,
+    probe_token_scores,
     query_block_representations,
 )
 
@@ -212,8 +213,11 @@ class ChunkSums:
     runs from the tail's start to a sentinel past any key. ``shortest`` and ``longest`` bound the
     closed chunks' lengths, ``tail_starts`` (host ints) gives each row's tail start. ``last_key``
     remembers the newest absorbed key, so a cache that was reordered or replaced is noticed
-    instead of silently mis-scored. ``norm="peak"`` (the ``peak`` scoring) stores plain means and
-    scores through :meth:`peak_scores`.
+    instead of silently mis-scored.
+
+    ``norm="peak"`` (the ``peak`` scoring) stores plain means and scores through
+    :meth:`peak_scores`; its ``prior [B, Hkv, cap + 1]`` (:meth:`set_prior`, or None) holds each
+    slot's best per-token log mass under the prompt's last queries.
     """
 
     def __init__(
@@ -239,6 +243,7 @@ class ChunkSums:
         self.shortest = shortest
         self.longest = longest
         self.tail_starts = tail_starts
+        self.prior: Tensor | None = None
 
     @classmethod
     def build(cls, k: Tensor, tracker: BoundaryTracker, norm: str) -> ChunkSums:
@@ -298,6 +303,8 @@ class ChunkSums:
         self.table[b, :, index] = _normalize(keys.float().sum(dim=1), count, _table_norm(self.norm))
         self.lo[b, index] = start
         self.hi[b, index] = end
+        if self.prior is not None:  # the closing chunk's keys were the tail's
+            self.prior[b, :, index] = self.prior[b, :, -1]
         self.shortest = min(self.shortest, end - start)
         self.longest = max(self.longest, end - start)
 
@@ -311,6 +318,11 @@ class ChunkSums:
             new[:, :old] = current[:, :old]
             new[:, -1] = current[:, -1]
         self.table, self.lo, self.hi = table, lo, hi
+        if self.prior is not None:
+            prior = self.prior.new_full((*self.prior.shape[:2], cap + 1), -torch.inf)
+            prior[:, :, :old] = self.prior[:, :, :old]
+            prior[:, :, -1] = self.prior[:, :, -1]
+            self.prior = prior
 
     def fill(
         self,
@@ -350,6 +362,21 @@ class ChunkSums:
             scores[:, :, None], self.lo, self.hi, regions, width=top + 2, use_triton=use_triton
         )
         return starts[:, :, 0], ends[:, :, 0]
+
+    def set_prior(self, probe: Tensor, k: Tensor, scale: float) -> None:
+        """Score every slot by the exact attention of the prompt's last queries ``probe
+        [B, Hq, P, D]`` over the absorbed keys ``k`` (:func:`probe_token_scores`, the best key of
+        the slot); the ``peak`` scoring then makes the best of them candidates of each step.
+        Chunks that close later keep the score their keys had in the tail."""
+        best = probe_token_scores(probe, k[:, :, : self.length], scale=scale)  # [B, Hkv, L]
+        slots = self.table.shape[2]
+        prior = torch.full((*best.shape[:2], slots), -torch.inf, device=best.device)
+        positions = torch.arange(self.length, device=best.device)
+        for b, closed in enumerate(self.closed):
+            slot = torch.searchsorted(self.hi[b, :closed].contiguous(), positions, right=True)
+            slot = torch.where(slot < closed, slot, slots - 1)
+            prior[b].scatter_reduce_(-1, slot.expand(best.shape[1], -1), best[b], reduce="amax")
+        self.prior = prior
 
     def slot_scores(
         self,
@@ -394,6 +421,7 @@ class ChunkSums:
             room=max(regions.remaining, 1),
             shortest=min(self.shortest, shortest_tail),
             longest=max(self.longest, self.length - min(self.tail_starts)),
+            prior=None if self.prior is None else self.prior[:, :, None],
         )
         return scores[:, :, 0]
 
@@ -425,17 +453,27 @@ class DecodeSession:
     def __init__(self) -> None:
         self._chunks: dict[tuple, ChunkSums] = {}
         self._trackers: dict[tuple, BoundaryTracker] = {}
+        self._probes: dict[tuple, Tensor] = {}
 
-    def forget(self, layer: int) -> None:
-        """Drop ``layer``'s state (its keys are being replaced, e.g. by a new prompt)."""
+    def remember_probe(self, layer: int, row: int | None, q: Tensor) -> None:
+        """Keep the prompt's last queries ``q [B, Hq, P, D]`` of ``layer``: the ``peak`` decode
+        scoring makes the chunks they attend most candidates of every step (the answer to a
+        question at the prompt's end lies where the question looked)."""
+        self._probes[(layer, row)] = q.detach().clone()
+
+    def forget(self, layer: int, row: int | None = None) -> None:
+        """Drop ``layer``'s state (its keys are being replaced, e.g. by a new prompt); the
+        prompt queries kept for ``row`` (:meth:`remember_probe`) go too, other rows' stay."""
         for key in [key for key in self._chunks if key[0] == layer]:
             del self._chunks[key]
+        self._probes.pop((layer, row), None)
         for key in [key for key, t in self._trackers.items() if t.owner == layer]:
             del self._trackers[key]
 
     def clear(self) -> None:
         self._chunks.clear()
         self._trackers.clear()
+        self._probes.clear()
 
     def boundaries(self, layer: int, row: int | None = None, shared: bool = True) -> Tensor:
         """The boundaries (closed ones and the current length) the last step of ``layer`` used."""
@@ -489,6 +527,9 @@ class DecodeSession:
             tracker.advance(k)
         if fresh:
             chunks = ChunkSums.build(k, tracker, norm)
+            probe = self._probes.get(key)
+            if norm == "peak" and probe is not None and probe.shape[0] == k.shape[0]:
+                chunks.set_prior(probe, k, q.shape[-1] ** -0.5 if scale is None else scale)
             self._chunks[key] = chunks
         else:
             chunks.advance(k, tracker)

@@ -381,9 +381,11 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
         )
     boundaries = None
     if q_len > 1:
-        binding.session.forget(layer)
+        binding.session.forget(layer, row)
         if method == "dhsa" and config.share_boundaries:
             boundaries = binding.prefill_boundaries(layer, row, k, config)
+        if method == "dhsa" and config.scoring == "peak":
+            binding.session.remember_probe(layer, row, q[:, :, -config.query_block :])
     return sparse_attention(
         q,
         k,

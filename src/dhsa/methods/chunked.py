@@ -19,6 +19,7 @@ from .scoring import (
     chunk_representations,
     head_block_means,
     peak_scores,
+    probe_chunk_scores,
     query_block_representations,
 )
 
@@ -79,6 +80,12 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     factor = PEAK_TILE_FACTOR.get(k.device.type, PEAK_TILE_FACTOR["cpu"])
     tile = max(1, factor * config.tile_elements // max(per_row, 1))
     num_blocks = head_q.shape[3]
+    # The last query block's own exact attention (the question, in a prompt) adds its chunks.
+    # A single query is a decode step, which scores as decode does (without its exact attention).
+    probe = None
+    if q.shape[2] > 1:
+        last = (num_blocks - 1) * config.query_block
+        probe = probe_chunk_scores(q[:, :, last:], k, bounds, scale=scale)[:, :, None]
 
     def tiles():
         for q0 in range(0, num_blocks, tile):
@@ -100,10 +107,19 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
                     room=room,
                     shortest=shortest,
                     longest=longest,
+                    prior=None if probe is None or q1 < num_blocks else _last_row(probe, q1 - q0),
+                    exact_prior=True,
                 ),
             )
 
     return tiles
+
+
+def _last_row(probe: Tensor, rows: int) -> Tensor:
+    """``[B, Hkv, rows, N]``: ``probe [B, Hkv, 1, N]`` on the last row, ``-inf`` elsewhere."""
+    prior = torch.full((*probe.shape[:2], rows, probe.shape[3]), -torch.inf, device=probe.device)
+    prior[:, :, -1] = probe[:, :, 0]
+    return prior
 
 
 def select_dhsa(

@@ -97,6 +97,8 @@ def peak_scores(
     room: int,
     shortest: int,
     longest: int,
+    prior: Tensor | None = None,
+    exact_prior: bool = False,
 ) -> Tensor:
     """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
 
@@ -116,6 +118,11 @@ def peak_scores(
     stage-1 score far below (``log mass - 1e4``), so a fill still reaches them in that order.
     A row's scores depend on that row alone; nothing of size ``L x L`` is formed (stage 2 reads
     ``T x (CANDIDATE_FACTOR * room + longest)`` keys).
+
+    ``prior [B, Hkv, T, N]`` (a per-token log mass per chunk, ``-inf`` for none; see
+    :func:`probe_chunk_scores`) makes chunks candidates by ``max(stage-1 mass, exp(prior))``; with
+    ``exact_prior`` (the prior is the exact attention of the row's own queries) a chunk's final
+    score is also at least its prior.
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
@@ -134,9 +141,18 @@ def peak_scores(
     cost = (cand_hi - cand_lo).clamp(min=0)
     stage1 = stage1.masked_fill(cost == 0, -torch.inf)
     cover = CANDIDATE_FACTOR * room
+    rank = stage1
+    if prior is not None:
+        # The prior's best chunks covering `room` keys come first, on top of stage 1's cover.
+        p_best, p_order = prior.masked_fill(cost == 0, -torch.inf).sort(dim=-1, descending=True)
+        p_size = cost.gather(-1, p_order)
+        p_first = ((p_size.cumsum(-1) - p_size) < room) & (p_best > -torch.inf)
+        lead = torch.zeros_like(p_first).scatter(-1, p_order, p_first)
+        rank = torch.where(lead, stage1.clamp(min=0) + 1e6, stage1)
+        cover = cover + room
     # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
     ranked = min(num_chunks, -(-cover // max(shortest, 1)) + 3)
-    best, order = stage1.topk(ranked, dim=-1)  # [B, Hkv, T, K]
+    best, order = rank.topk(ranked, dim=-1)  # [B, Hkv, T, K]
     size = cost.gather(-1, order)
     before = size.cumsum(-1) - size
     chosen = (before < cover) & (best > -torch.inf)
@@ -157,6 +173,41 @@ def peak_scores(
     fine = (scale * fine.float() - lse.permute(0, 1, 3, 4, 2)).amax(dim=-1)
     fine = fine.masked_fill(~filled, -torch.inf)
     peak = torch.full_like(best, -torch.inf).scatter_reduce(-1, which, fine, reduce="amax")
+    if prior is not None and exact_prior:
+        peak = torch.maximum(peak, prior.gather(-1, order))
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
     low = low.masked_fill(cost == 0, -torch.inf)
     return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+
+
+def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, head_tile: int = 4) -> Tensor:
+    """Float32 ``[B, Hkv, L]``: each key's largest per-token log attention mass under the exact
+    attention of the probe queries ``q_probe [B, Hq, P, D]``, the last ``P`` queries up to key
+    ``L - 1`` of ``k [B, Hkv, L, D]`` (causal), maximized over the probe queries and the group's
+    heads. One ``[B, head_tile, G, P, L]`` block of logits exists at a time: ``O(P * L)`` work.
+    """
+    batch, q_heads, probes, dim = q_probe.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    positions = torch.arange(length, device=k.device)
+    query_at = length - probes + torch.arange(probes, device=k.device)
+    hidden = positions[None, :] > query_at[:, None]
+    best = torch.empty(batch, kv_heads, length, dtype=torch.float32, device=k.device)
+    queries = q_probe.view(batch, kv_heads, group, probes, dim)
+    for h0 in range(0, kv_heads, head_tile):
+        h1 = min(h0 + head_tile, kv_heads)
+        logits = scale * torch.einsum(
+            "bhgpd,bhld->bhgpl", queries[:, h0:h1].float(), k[:, h0:h1].float()
+        )
+        logits = logits.masked_fill(hidden, -torch.inf).log_softmax(dim=-1)
+        best[:, h0:h1] = logits.amax(dim=(2, 3))
+    return best
+
+
+def probe_chunk_scores(q_probe: Tensor, k: Tensor, bounds: Tensor, *, scale: float) -> Tensor:
+    """Float32 ``[B, Hkv, N]``: the best :func:`probe_token_scores` of each chunk of ``bounds
+    [B, N + 1]``."""
+    best = probe_token_scores(q_probe, k, scale=scale)
+    ids = chunk_ids(bounds, k.shape[2])[:, None].expand(-1, k.shape[1], -1)
+    out = torch.full((*best.shape[:2], bounds.shape[1] - 1), -torch.inf, device=k.device)
+    return out.scatter_reduce(-1, ids, best, reduce="amax")
