@@ -7,6 +7,8 @@ Query blocks use the same rule over the block's tokens, with the query heads of 
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import Tensor
 
@@ -99,6 +101,7 @@ def peak_scores(
     longest: int,
     prior: Tensor | None = None,
     exact_prior: bool = False,
+    use_triton: bool | None = None,
 ) -> Tensor:
     """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
 
@@ -165,12 +168,7 @@ def peak_scores(
     which = which.clamp(max=ranked - 1)
     start = cand_lo.gather(-1, order)
     positions = start.gather(-1, which) + slots - (ends - size).gather(-1, which)
-    positions = positions.clamp(min=0, max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
-    heads = torch.arange(batch * kv_heads, device=device)[:, None]
-    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, positions]
-    keys = keys.view(batch, kv_heads, rows, width, dim)
-    fine = keys @ head_q.to(k.dtype).permute(0, 1, 3, 4, 2)  # [B, Hkv, T, W, G]
-    fine = (scale * fine.float() - lse.permute(0, 1, 3, 4, 2)).amax(dim=-1)
+    fine = best_key_scores(head_q.to(k.dtype), lse[..., 0], k, positions, scale, use_triton)
     fine = fine.masked_fill(~filled, -torch.inf)
     peak = torch.full_like(best, -torch.inf).scatter_reduce(-1, which, fine, reduce="amax")
     if prior is not None and exact_prior:
@@ -178,6 +176,48 @@ def peak_scores(
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
     low = low.masked_fill(cost == 0, -torch.inf)
     return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+
+
+def triton_peak_usable(device: torch.device, dim: int) -> bool:
+    """True when stage 2 of the ``peak`` scoring can run as the Triton kernel
+    (:mod:`dhsa.methods.triton_peak`): CUDA, triton importable, a power-of-two head size >= 16."""
+    if device.type != "cuda" or dim < 16 or dim & (dim - 1):
+        return False
+    try:
+        importlib.import_module("dhsa.methods.triton_peak")
+    except ImportError:
+        return False
+    return True
+
+
+def best_key_scores(
+    head_q: Tensor,
+    lse: Tensor,
+    k: Tensor,
+    positions: Tensor,
+    scale: float,
+    use_triton: bool | None = None,
+) -> Tensor:
+    """Float32 ``[B, Hkv, T, W]``: ``max_g (scale * head_q[:, :, g, t] . k[p] - lse[:, :, g, t])``
+    for every key position ``p = positions[b, h, t, w]`` (clamped into the keys).
+
+    ``head_q [B, Hkv, G, T, D]`` in ``k``'s dtype, ``lse`` float32 ``[B, Hkv, G, T]``. The Triton
+    kernel reads the keys in place; the tensor operations gather them first (``T x W x D``
+    elements). ``use_triton`` None: the kernel where :func:`triton_peak_usable`.
+    """
+    if use_triton is None:
+        use_triton = triton_peak_usable(k.device, k.shape[-1])
+    if use_triton:
+        from .triton_peak import best_key_scores as kernel
+
+        return kernel(head_q, lse, k, positions, scale=scale)
+    batch, kv_heads, group, rows, dim = head_q.shape
+    positions = positions.clamp(min=0, max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
+    heads = torch.arange(batch * kv_heads, device=k.device)[:, None]
+    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, positions]
+    keys = keys.view(batch, kv_heads, rows, -1, dim)
+    fine = keys @ head_q.permute(0, 1, 3, 4, 2)  # [B, Hkv, T, W, G]
+    return (scale * fine.float() - lse.permute(0, 1, 3, 2)[:, :, :, None]).amax(dim=-1)
 
 
 def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, head_tile: int = 4) -> Tensor:
