@@ -15,54 +15,62 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from dhsa.methods.regions import block_regions  # noqa: E402
-from dhsa.methods.scoring import best_key_scores, head_block_means, peak_scores  # noqa: E402
+from dhsa.methods.scoring import chunk_peaks, head_block_means, peak_scores  # noqa: E402
 
 pytest.importorskip("triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def float64_best_keys(head_q, lse, k, positions, scale):
-    """The definition, one slot at a time in float64."""
+def random_lists(gen, batch, kv_heads, rows, chunks, length):
+    """Per row ``chunks`` random chunk lengths (some empty) laid end to end: ``offset, ends``,
+    the chunks' first keys ``start`` (some reaching past either end of the keys) and the width."""
+    size = torch.randint(0, 9, (batch, kv_heads, rows, chunks), generator=gen)
+    size[..., -2:] = 0  # unchosen tail candidates
+    start = torch.randint(-2, length, (batch, kv_heads, rows, chunks), generator=gen)
+    ends = size.cumsum(-1)
+    return start, size, start - (ends - size), ends, int(ends[..., -1].max())
+
+
+def float64_peaks(head_q, lse, k, start, size, scale):
+    """The definition, one chunk at a time in float64."""
     batch, kv_heads, group, rows, _ = head_q.shape
-    out = torch.empty(positions.shape, dtype=torch.float64)
-    for b in range(batch):
-        for h in range(kv_heads):
-            for t in range(rows):
-                for w, p in enumerate(positions[b, h, t].clamp(0, k.shape[2] - 1).tolist()):
-                    logits = scale * (head_q[b, h, :, t].double() @ k[b, h, p].double())
-                    out[b, h, t, w] = (logits - lse[b, h, :, t].double()).max()
+    out = torch.full(start.shape, -torch.inf, dtype=torch.float64)
+    for b, h, t, j in torch.cartesian_prod(*(torch.arange(n) for n in start.shape)).tolist():
+        s, n = int(start[b, h, t, j]), int(size[b, h, t, j])
+        for p in range(s, s + n):
+            key = k[b, h, min(max(p, 0), k.shape[2] - 1)].double()
+            logits = scale * (head_q[b, h, :, t].double() @ key) - lse[b, h, :, t].double()
+            out[b, h, t, j] = max(out[b, h, t, j], logits.max())
     return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize(("group", "dim"), [(1, 16), (3, 32), (4, 16)])
-def test_best_key_scores_match_the_definition(rng, dtype, group, dim):
-    batch, kv_heads, rows, width, length = 2, 2, 3, 70, 57
+@pytest.mark.parametrize(("group", "dim", "chunks"), [(1, 16, 5), (3, 32, 23), (4, 16, 40)])
+def test_chunk_peaks_match_the_definition(rng, dtype, group, dim, chunks):
+    batch, kv_heads, rows, length = 2, 2, 3, 57
     head_q = torch.randn(batch, kv_heads, group, rows, dim, generator=rng).to(dtype)
     lse = torch.randn(batch, kv_heads, group, rows, generator=rng)
     k = torch.randn(batch, kv_heads, length, dim, generator=rng).to(dtype)
-    # Positions past either end are clamped, as the tensor operations clamp them.
-    positions = torch.randint(-3, length + 3, (batch, kv_heads, rows, width), generator=rng)
-    want = float64_best_keys(head_q, lse, k, positions, 0.3)
+    start, size, offset, ends, width = random_lists(rng, batch, kv_heads, rows, chunks, length)
+    want = float64_peaks(head_q, lse, k, start, size, 0.3)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
     for use_triton in (False, True):
-        got = best_key_scores(
-            head_q.to(DEVICE), lse.to(DEVICE), k.to(DEVICE), positions.to(DEVICE), 0.3, use_triton
-        )
-        tol = 1e-4 if dtype == torch.float32 else 2e-2
-        torch.testing.assert_close(got.cpu().double(), want, atol=tol, rtol=tol)
+        on = [t.to(DEVICE) for t in (head_q, lse, k, offset, ends)]
+        got = chunk_peaks(*on, width + 5, 0.3, use_triton).cpu().double()
+        assert torch.equal(got.isinf(), want.isinf()), use_triton
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 
 
-def test_best_key_scores_read_a_sliced_cache(rng):
+def test_chunk_peaks_read_a_sliced_cache(rng):
     """Keys that are a slice of a longer cache (strided batch and head) are read in place."""
     cache = torch.randn(2, 3, 40, 16, generator=rng)
     k = cache[:, :, :29]
     head_q = torch.randn(2, 3, 2, 4, 16, generator=rng)
     lse = torch.randn(2, 3, 2, 4, generator=rng)
-    positions = torch.randint(0, 29, (2, 3, 4, 33), generator=rng)
-    want = best_key_scores(head_q, lse, k.contiguous(), positions, 0.25, False)
-    got = best_key_scores(
-        head_q.to(DEVICE), lse.to(DEVICE), k.to(DEVICE), positions.to(DEVICE), 0.25, True
-    )
+    _, _, offset, ends, width = random_lists(rng, 2, 3, 4, 11, 29)
+    want = chunk_peaks(head_q, lse, k.contiguous(), offset, ends, width, 0.25, False)
+    on = [t.to(DEVICE) for t in (head_q, lse, k, offset, ends)]
+    got = chunk_peaks(*on, width, 0.25, True)
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
 
 

@@ -129,7 +129,6 @@ def peak_scores(
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
-    device = k.device
     lo = chunk_lo[:, None, None, :]
     hi = chunk_hi[:, None, None, :]
     lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
@@ -161,16 +160,10 @@ def peak_scores(
     chosen = (before < cover) & (best > -torch.inf)
     size = size * chosen
     ends = size.cumsum(-1)
+    offset = cand_lo.gather(-1, order) - (ends - size)
+    queries = head_q.to(k.dtype)
     width = cover + longest
-    slots = torch.arange(width, device=device).expand(batch, kv_heads, rows, -1).contiguous()
-    which = torch.searchsorted(ends, slots, right=True)  # [B, Hkv, T, W]: the slot's chunk
-    filled = which < ranked
-    which = which.clamp(max=ranked - 1)
-    start = cand_lo.gather(-1, order)
-    positions = start.gather(-1, which) + slots - (ends - size).gather(-1, which)
-    fine = best_key_scores(head_q.to(k.dtype), lse[..., 0], k, positions, scale, use_triton)
-    fine = fine.masked_fill(~filled, -torch.inf)
-    peak = torch.full_like(best, -torch.inf).scatter_reduce(-1, which, fine, reduce="amax")
+    peak = chunk_peaks(queries, lse[..., 0], k, offset, ends, width, scale, use_triton)
     if prior is not None and exact_prior:
         peak = torch.maximum(peak, prior.gather(-1, order))
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
@@ -190,34 +183,51 @@ def triton_peak_usable(device: torch.device, dim: int) -> bool:
     return True
 
 
-def best_key_scores(
+def chunk_peaks(
     head_q: Tensor,
     lse: Tensor,
     k: Tensor,
-    positions: Tensor,
+    offset: Tensor,
+    ends: Tensor,
+    width: int,
     scale: float,
     use_triton: bool | None = None,
 ) -> Tensor:
-    """Float32 ``[B, Hkv, T, W]``: ``max_g (scale * head_q[:, :, g, t] . k[p] - lse[:, :, g, t])``
-    for every key position ``p = positions[b, h, t, w]`` (clamped into the keys).
+    """Float32 ``[B, Hkv, T, K]``: each listed chunk's best key, ``max`` over its keys ``p`` and
+    the group's heads ``g`` of ``scale * head_q[b, h, g, t] . k[b, h, p] - lse[b, h, g, t]``;
+    ``-inf`` for empty chunks.
 
-    ``head_q [B, Hkv, G, T, D]`` in ``k``'s dtype, ``lse`` float32 ``[B, Hkv, G, T]``. The Triton
-    kernel reads the keys in place; the tensor operations gather them first (``T x W x D``
-    elements). ``use_triton`` None: the kernel where :func:`triton_peak_usable`.
+    ``head_q [B, Hkv, G, T, D]`` in ``k``'s dtype, ``lse`` float32 ``[B, Hkv, G, T]``. Row ``(b,
+    h, t)`` lays its ``K`` chunks end to end in slots ``[0, ends[-1])`` (``ends`` non-decreasing,
+    at most ``width``): chunk ``j`` takes slots up to ``ends[j]``, and its slot ``w`` is key
+    ``offset[j] + w`` (clamped into the keys). The Triton kernel
+    (:mod:`dhsa.methods.triton_peak`) reads the keys in place; the tensor operations gather them
+    first (``T x width x D`` elements). ``use_triton`` None: the kernel where
+    :func:`triton_peak_usable`.
     """
     if use_triton is None:
         use_triton = triton_peak_usable(k.device, k.shape[-1])
     if use_triton:
-        from .triton_peak import best_key_scores as kernel
+        from .triton_peak import chunk_peaks as kernel
 
-        return kernel(head_q, lse, k, positions, scale=scale)
+        return kernel(head_q, lse, k, offset, ends, width=width, scale=scale)
     batch, kv_heads, group, rows, dim = head_q.shape
-    positions = positions.clamp(min=0, max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
+    chunks = ends.shape[-1]
+    slots = torch.arange(width, device=k.device).expand(batch, kv_heads, rows, -1).contiguous()
+    which = torch.searchsorted(ends.contiguous(), slots, right=True)  # [B, Hkv, T, W]
+    filled = which < chunks
+    which = which.clamp(max=chunks - 1)
+    positions = (offset.gather(-1, which) + slots).clamp(min=0, max=k.shape[2] - 1)
     heads = torch.arange(batch * kv_heads, device=k.device)[:, None]
-    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, positions]
-    keys = keys.view(batch, kv_heads, rows, -1, dim)
+    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[
+        heads, positions.reshape(batch * kv_heads, -1)
+    ]
+    keys = keys.view(batch, kv_heads, rows, width, dim)
     fine = keys @ head_q.permute(0, 1, 3, 4, 2)  # [B, Hkv, T, W, G]
-    return (scale * fine.float() - lse.permute(0, 1, 3, 2)[:, :, :, None]).amax(dim=-1)
+    fine = (scale * fine.float() - lse.permute(0, 1, 3, 2)[:, :, :, None]).amax(dim=-1)
+    fine = fine.masked_fill(~filled, -torch.inf)
+    out = torch.full((batch, kv_heads, rows, chunks), -torch.inf, device=k.device)
+    return out.scatter_reduce(-1, which, fine, reduce="amax")
 
 
 def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, head_tile: int = 4) -> Tensor:
