@@ -93,3 +93,32 @@ def test_peak_scores_with_the_kernel_equal_tensor_operations(seed):
     got = peak_scores(*on, **kwargs, use_triton=True)
     assert torch.isfinite(want).any()
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("group", "rows", "num_chunks"), [(1, 5, 7), (3, 9, 40), (4, 33, 70)])
+def test_chunk_mass_matches_tensor_operations(rng, group, rows, num_chunks):
+    """Stage 1 in one launch: per-head lse over the visible chunks and the group's summed mass,
+    rows seeing different chunk ranges (some none), padding chunks of length 0."""
+    from dhsa.methods.triton_peak import chunk_mass
+
+    batch, kv_heads, dim, length = 2, 2, 16, 300
+    head_q = torch.randn(batch, kv_heads, group, rows, dim, generator=rng)
+    means = torch.randn(batch, kv_heads, num_chunks, dim, generator=rng)
+    cuts = torch.sort(torch.randint(0, length, (batch, num_chunks + 1), generator=rng)).values
+    lo, hi = cuts[:, :-1], cuts[:, 1:]
+    start = torch.randint(0, length, (rows,), generator=rng)
+    end = start + torch.randint(0, length, (rows,), generator=rng)
+    end[0] = start[0]  # a row that sees nothing
+    scale = 0.3
+    lengths = (hi - lo).clamp(min=1).float()[:, None, None, None, :]
+    visible = (lo[:, None, :] < end[None, :, None]) & (hi[:, None, :] > start[None, :, None])
+    visible = (visible & (hi > lo)[:, None, :])[:, None, None]  # [B, 1, 1, T, N]
+    coarse = scale * head_q.double() @ means[:, :, None].double().transpose(-1, -2)
+    coarse = coarse.masked_fill(~visible, -torch.inf)
+    want_lse = torch.logsumexp(coarse + lengths.double().log(), dim=-1)
+    want = (coarse - want_lse[..., None]).exp().nan_to_num(0.0).sum(dim=2)
+    on = [t.to(DEVICE) for t in (head_q, means, lo, hi, start, end)]
+    mass, lse = chunk_mass(*on, scale=scale)
+    torch.testing.assert_close(lse.cpu().double(), want_lse, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(mass.cpu().double(), want, atol=1e-5, rtol=1e-4)
+    assert torch.equal(mass.cpu() > 0, want > 0)

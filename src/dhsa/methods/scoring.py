@@ -131,22 +131,38 @@ def peak_scores(
     num_chunks = chunk_means.shape[2]
     lo = chunk_lo[:, None, None, :]
     hi = chunk_hi[:, None, None, :]
-    lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
-    visible = (lo < visible_end[None, None, :, None]) & (hi > visible_start[None, None, :, None])
-    visible &= hi > lo
-    coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
-    coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
-    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
-    stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
-    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).expand(-1, kv_heads, -1, -1)
-    cand_hi = torch.minimum(hi, candidate_hi[None, None, :, None]).expand(-1, kv_heads, -1, -1)
-    cost = (cand_hi - cand_lo).clamp(min=0)
-    stage1 = stage1.masked_fill(cost == 0, -torch.inf)
+    if use_triton is None:
+        use_triton = triton_peak_usable(k.device, dim)
+    if use_triton:  # stage 1 in one launch: the [G, T, N] logits stay in registers
+        from .triton_peak import chunk_mass
+
+        stage1, lse = chunk_mass(
+            head_q, chunk_means, chunk_lo, chunk_hi, visible_start, visible_end, scale=scale
+        )
+        lse = lse[..., None]
+    else:
+        lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
+        visible = (lo < visible_end[None, None, :, None]) & (
+            hi > visible_start[None, None, :, None]
+        )
+        visible &= hi > lo
+        coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
+        coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
+        lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
+        stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
+    # Each chunk's part of the candidate region is the same for every head: [B, 1, T, N] tensors
+    # (int32: half the bytes), expanded (not copied) where a gather needs the heads.
+    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).int()
+    cost = (torch.minimum(hi, candidate_hi[None, None, :, None]).int() - cand_lo).clamp(min=0)
+    unseen = cost == 0
+    cand_lo = cand_lo.expand(-1, kv_heads, -1, -1)
+    cost = cost.expand(-1, kv_heads, -1, -1)
+    stage1 = stage1.masked_fill(unseen, -torch.inf)
     cover = CANDIDATE_FACTOR * room
     rank = stage1
     if prior is not None:
         # The prior's best chunks covering `room` keys come first, on top of stage 1's cover.
-        p_best, p_order = prior.masked_fill(cost == 0, -torch.inf).sort(dim=-1, descending=True)
+        p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(dim=-1, descending=True)
         p_size = cost.gather(-1, p_order)
         p_first = ((p_size.cumsum(-1) - p_size) < room) & (p_best > -torch.inf)
         lead = torch.zeros_like(p_first).scatter(-1, p_order, p_first)
@@ -167,7 +183,7 @@ def peak_scores(
     if prior is not None and exact_prior:
         peak = torch.maximum(peak, prior.gather(-1, order))
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
-    low = low.masked_fill(cost == 0, -torch.inf)
+    low = low.masked_fill(unseen, -torch.inf)
     return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
 
 

@@ -142,3 +142,151 @@ def chunk_peaks(
         num_warps=4,
     )
     return out
+
+
+@triton.jit(do_not_specialize=["rows", "num_chunks"])
+def _chunk_mass_kernel(
+    q_ptr,
+    means_ptr,
+    lo_ptr,
+    hi_ptr,
+    start_ptr,
+    end_ptr,
+    mass_ptr,
+    lse_ptr,
+    rows,
+    num_chunks,
+    scale,
+    stride_qb,
+    stride_qg,
+    stride_qt,
+    stride_mb,
+    stride_mc,
+    kv_heads,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    ROWS: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    head = tl.program_id(1)  # b * Hkv + h
+    batch = head // kv_heads
+    m = tl.arange(0, ROWS * GROUP_PAD)  # one query row per (row of the tile, head of the group)
+    g = m % GROUP_PAD
+    t = tile * ROWS + m // GROUP_PAD
+    live = (g < GROUP) & (t < rows)
+    d = tl.arange(0, DIM)
+    q = tl.load(
+        q_ptr + head * stride_qb + g[:, None] * stride_qg + t[:, None] * stride_qt + d[None, :],
+        mask=live[:, None],
+        other=0.0,
+    )
+    first = tl.load(start_ptr + t, mask=t < rows, other=0)
+    last = tl.load(end_ptr + t, mask=t < rows, other=0)
+    base_c = tl.arange(0, BLOCK_C)
+    # Pass 1: lse = logsumexp_c(s_c + log n_c) over the visible chunks, online.
+    top = tl.full([ROWS * GROUP_PAD], float("-inf"), tl.float32)
+    total = tl.zeros([ROWS * GROUP_PAD], tl.float32)
+    for c0 in range(0, num_chunks, BLOCK_C):
+        c = c0 + base_c
+        lo = tl.load(lo_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        hi = tl.load(hi_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        means = tl.load(
+            means_ptr + head * stride_mb + c[:, None] * stride_mc + d[None, :],
+            mask=c[:, None] < num_chunks,
+            other=0.0,
+        )
+        s = tl.dot(q, tl.trans(means), input_precision="ieee") * scale
+        seen = (lo[None, :] < last[:, None]) & (hi[None, :] > first[:, None]) & (hi > lo)[None, :]
+        seen = seen & live[:, None]
+        weighted = tl.where(seen, s + tl.log(tl.maximum(hi - lo, 1).to(tl.float32))[None, :], -1e30)
+        new_top = tl.maximum(top, tl.max(weighted, axis=1))
+        total = total * tl.exp(top - new_top) + tl.sum(
+            tl.where(seen, tl.exp(weighted - new_top[:, None]), 0.0), axis=1
+        )
+        top = new_top
+    lse = tl.where(total > 0, top + tl.log(total), float("-inf"))
+    tl.store(lse_ptr + (head * GROUP + g) * rows + t, lse, mask=live)
+    # Pass 2: each chunk's per-token mass exp(s_c - lse), summed over the group's heads.
+    for c0 in range(0, num_chunks, BLOCK_C):
+        c = c0 + base_c
+        lo = tl.load(lo_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        hi = tl.load(hi_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        means = tl.load(
+            means_ptr + head * stride_mb + c[:, None] * stride_mc + d[None, :],
+            mask=c[:, None] < num_chunks,
+            other=0.0,
+        )
+        s = tl.dot(q, tl.trans(means), input_precision="ieee") * scale
+        seen = (lo[None, :] < last[:, None]) & (hi[None, :] > first[:, None]) & (hi > lo)[None, :]
+        seen = seen & live[:, None] & (total > 0)[:, None]
+        mass = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)  # [ROWS * GROUP_PAD, BLOCK_C]
+        mass = tl.sum(tl.reshape(mass, [ROWS, GROUP_PAD, BLOCK_C]), axis=1)
+        row = tile * ROWS + tl.arange(0, ROWS)
+        tl.store(
+            mass_ptr + (head * rows + row)[:, None].to(tl.int64) * num_chunks + c[None, :],
+            mass,
+            mask=(row[:, None] < rows) & (c[None, :] < num_chunks),
+        )
+
+
+def chunk_mass(
+    head_q: Tensor,
+    chunk_means: Tensor,
+    chunk_lo: Tensor,
+    chunk_hi: Tensor,
+    visible_start: Tensor,
+    visible_end: Tensor,
+    *,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """Stage 1 of the ``peak`` scoring in one launch: float32 ``(mass [B, Hkv, T, N], lse [B,
+    Hkv, G, T])``, ``lse = logsumexp_c(scale * q_g . mean_c + log n_c)`` over the chunks visible
+    to the row and ``mass = sum_g exp(scale * q_g . mean_c - lse_g)`` (0 for the others).
+
+    ``head_q [B, Hkv, G, T, D]`` and ``chunk_means [B, Hkv, N, D]`` float32, ``chunk_lo,
+    chunk_hi`` int64 ``[B, N]``, ``visible_start, visible_end`` integer ``[T]``. Rows with no
+    visible chunk get ``lse = -inf`` and no mass. The ``[G, T, N]`` logits stay in registers.
+    """
+    batch, kv_heads, group, rows, dim = head_q.shape
+    num_chunks = chunk_means.shape[2]
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"the Triton peak kernel needs a power-of-two head size >= 16, got {dim}")
+    mass = torch.zeros(batch, kv_heads, rows, num_chunks, device=head_q.device)
+    lse = torch.full((batch, kv_heads, group, rows), -torch.inf, device=head_q.device)
+    if mass.numel() == 0:
+        return mass, lse
+    queries = head_q.float().reshape(batch * kv_heads, group, rows, dim)
+    if queries.stride(-1) != 1:
+        queries = queries.contiguous()
+    means = chunk_means.float().reshape(batch * kv_heads, num_chunks, dim).contiguous()
+    group_pad = triton.next_power_of_2(group)
+    tile_rows = max(1, 64 // group_pad)
+    grid = (triton.cdiv(rows, tile_rows), batch * kv_heads)
+    _chunk_mass_kernel[grid](
+        queries,
+        means,
+        chunk_lo.to(torch.int64).contiguous(),
+        chunk_hi.to(torch.int64).contiguous(),
+        visible_start.to(torch.int64).contiguous(),
+        visible_end.to(torch.int64).contiguous(),
+        mass,
+        lse,
+        rows,
+        num_chunks,
+        float(scale),
+        queries.stride(0),
+        queries.stride(1),
+        queries.stride(2),
+        means.stride(0),
+        means.stride(1),
+        kv_heads,
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        ROWS=tile_rows,
+        DIM=dim,
+        BLOCK_C=32,
+        num_warps=4,
+    )
+    return mass, lse
