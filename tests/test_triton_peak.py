@@ -95,10 +95,12 @@ def test_peak_scores_with_the_kernel_equal_tensor_operations(seed):
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
 @pytest.mark.parametrize(("group", "rows", "num_chunks"), [(1, 5, 7), (3, 9, 40), (4, 33, 70)])
-def test_chunk_mass_matches_tensor_operations(rng, group, rows, num_chunks):
+def test_chunk_mass_matches_tensor_operations(rng, group, rows, num_chunks, shuffled):
     """Stage 1 in one launch: per-head lse over the visible chunks and the group's summed mass,
-    rows seeing different chunk ranges (some none), padding chunks of length 0."""
+    rows seeing different chunk ranges (some none), padding chunks of length 0, and chunks out
+    of position order (as a decode table's slots are)."""
     from dhsa.methods.triton_peak import chunk_mass
 
     batch, kv_heads, dim, length = 2, 2, 16, 300
@@ -106,6 +108,9 @@ def test_chunk_mass_matches_tensor_operations(rng, group, rows, num_chunks):
     means = torch.randn(batch, kv_heads, num_chunks, dim, generator=rng)
     cuts = torch.sort(torch.randint(0, length, (batch, num_chunks + 1), generator=rng)).values
     lo, hi = cuts[:, :-1], cuts[:, 1:]
+    if shuffled:
+        order = torch.randperm(num_chunks, generator=rng)
+        lo, hi = lo[:, order], hi[:, order]
     start = torch.randint(0, length, (rows,), generator=rng)
     end = start + torch.randint(0, length, (rows,), generator=rng)
     end[0] = start[0]  # a row that sees nothing

@@ -152,10 +152,12 @@ def _chunk_mass_kernel(
     hi_ptr,
     start_ptr,
     end_ptr,
+    span_ptr,
     mass_ptr,
     lse_ptr,
     rows,
     num_chunks,
+    num_tiles,
     scale,
     stride_qb,
     stride_qg,
@@ -168,6 +170,7 @@ def _chunk_mass_kernel(
     ROWS: tl.constexpr,
     DIM: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)  # b * Hkv + h
@@ -185,10 +188,13 @@ def _chunk_mass_kernel(
     first = tl.load(start_ptr + t, mask=t < rows, other=0)
     last = tl.load(end_ptr + t, mask=t < rows, other=0)
     base_c = tl.arange(0, BLOCK_C)
+    # Only the chunks some row of the tile sees: [c_begin, c_end).
+    c_begin = tl.load(span_ptr + (batch * num_tiles + tile) * 2)
+    c_end = tl.load(span_ptr + (batch * num_tiles + tile) * 2 + 1)
     # Pass 1: lse = logsumexp_c(s_c + log n_c) over the visible chunks, online.
     top = tl.full([ROWS * GROUP_PAD], float("-inf"), tl.float32)
     total = tl.zeros([ROWS * GROUP_PAD], tl.float32)
-    for c0 in range(0, num_chunks, BLOCK_C):
+    for c0 in range(c_begin, c_end, BLOCK_C):
         c = c0 + base_c
         lo = tl.load(lo_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
         hi = tl.load(hi_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
@@ -197,7 +203,7 @@ def _chunk_mass_kernel(
             mask=c[:, None] < num_chunks,
             other=0.0,
         )
-        s = tl.dot(q, tl.trans(means), input_precision="ieee") * scale
+        s = tl.dot(q, tl.trans(means), input_precision=PRECISION) * scale
         seen = (lo[None, :] < last[:, None]) & (hi[None, :] > first[:, None]) & (hi > lo)[None, :]
         seen = seen & live[:, None]
         weighted = tl.where(seen, s + tl.log(tl.maximum(hi - lo, 1).to(tl.float32))[None, :], -1e30)
@@ -209,7 +215,7 @@ def _chunk_mass_kernel(
     lse = tl.where(total > 0, top + tl.log(total), float("-inf"))
     tl.store(lse_ptr + (head * GROUP + g) * rows + t, lse, mask=live)
     # Pass 2: each chunk's per-token mass exp(s_c - lse), summed over the group's heads.
-    for c0 in range(0, num_chunks, BLOCK_C):
+    for c0 in range(c_begin, c_end, BLOCK_C):
         c = c0 + base_c
         lo = tl.load(lo_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
         hi = tl.load(hi_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
@@ -218,7 +224,7 @@ def _chunk_mass_kernel(
             mask=c[:, None] < num_chunks,
             other=0.0,
         )
-        s = tl.dot(q, tl.trans(means), input_precision="ieee") * scale
+        s = tl.dot(q, tl.trans(means), input_precision=PRECISION) * scale
         seen = (lo[None, :] < last[:, None]) & (hi[None, :] > first[:, None]) & (hi > lo)[None, :]
         seen = seen & live[:, None] & (total > 0)[:, None]
         mass = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)  # [ROWS * GROUP_PAD, BLOCK_C]
@@ -263,7 +269,20 @@ def chunk_mass(
     means = chunk_means.float().reshape(batch * kv_heads, num_chunks, dim).contiguous()
     group_pad = triton.next_power_of_2(group)
     tile_rows = max(1, 64 // group_pad)
-    grid = (triton.cdiv(rows, tile_rows), batch * kv_heads)
+    num_tiles = triton.cdiv(rows, tile_rows)
+    # Per tile of rows, the index range of the chunks any of its rows sees (chunks need not be
+    # in position order: a decode table's unused slots sit between its chunks and its tail).
+    pad = num_tiles * tile_rows - rows
+    low = torch.nn.functional.pad(visible_start.to(torch.int64), (0, pad), value=1 << 62)
+    high = torch.nn.functional.pad(visible_end.to(torch.int64), (0, pad), value=-1)
+    low, high = low.view(num_tiles, -1).amin(-1), high.view(num_tiles, -1).amax(-1)
+    seen = (chunk_lo[:, None] < high[None, :, None]) & (chunk_hi[:, None] > low[None, :, None])
+    seen &= (chunk_hi > chunk_lo)[:, None]  # [B, tiles, N]
+    index = torch.arange(num_chunks, device=head_q.device)
+    c_begin = torch.where(seen, index, num_chunks).amin(-1)
+    c_end = torch.where(seen, index + 1, 0).amax(-1)
+    span = torch.stack([c_begin, c_end], dim=-1).contiguous()
+    grid = (num_tiles, batch * kv_heads)
     _chunk_mass_kernel[grid](
         queries,
         means,
@@ -271,10 +290,12 @@ def chunk_mass(
         chunk_hi.to(torch.int64).contiguous(),
         visible_start.to(torch.int64).contiguous(),
         visible_end.to(torch.int64).contiguous(),
+        span,
         mass,
         lse,
         rows,
         num_chunks,
+        num_tiles,
         float(scale),
         queries.stride(0),
         queries.stride(1),
@@ -287,6 +308,9 @@ def chunk_mass(
         ROWS=tile_rows,
         DIM=dim,
         BLOCK_C=32,
+        # Three TF32 products keep float32's accuracy on the tensor cores; the interpreter and
+        # other devices take the exact product.
+        PRECISION="tf32x3" if head_q.is_cuda else "ieee",
         num_warps=4,
     )
     return mass, lse
