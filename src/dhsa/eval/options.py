@@ -174,11 +174,11 @@ def open_model(args, *, methods=(), budgets=(), lengths=()):
     import torch
     from tqdm import tqdm
 
-    from ..methods import get_selector
+    from ..methods import get_method
     from ..models import context_length, load_model
 
     for method in methods:
-        get_selector(split_method(method)[0])
+        get_method(split_method(method)[0])
     for budget in budgets:
         DHSAConfig(budget=budget)
     check_device(args.device)
