@@ -340,3 +340,19 @@ def test_an_outside_budget_filling_method_runs_short_windows_dense(outside_metho
     _, steps = greedy(model, ids, steps=4)
     torch.testing.assert_close(steps, ref_steps, rtol=1e-5, atol=1e-5)
     assert (calls == []) == fills_budget
+
+
+def test_use_attention_is_sdpa_for_dense_methods_and_dhsa_otherwise(outside_method):
+    from dhsa.hf import use_attention
+
+    outside_method(dense=True)
+    model, _ = tiny_model("llama")
+    attention = model.model.layers[0].self_attn
+    for method in ("dense", "outside"):
+        assert use_attention(model, method, SMALL) is model
+        assert model.config._attn_implementation == "sdpa"
+    use_attention(model, "block_sparse", SMALL)
+    assert model.config._attn_implementation == "dhsa"
+    assert attention._dhsa_binding.plan(0) == ("block_sparse", SMALL)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        use_attention(model, "nope", SMALL)

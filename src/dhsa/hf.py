@@ -164,6 +164,18 @@ def configure(
     return model
 
 
+def use_attention(
+    model: torch.nn.Module, method: str, config: DHSAConfig | None = None
+) -> torch.nn.Module:
+    """Switch ``model`` to ``method``; returns ``model``. A dense method (the reference) runs
+    transformers' own ``"sdpa"`` attention, any other method dhsa's (:func:`configure` with
+    ``config``). The one switch of the evaluation, generation and benchmark commands."""
+    if get_method(method).dense:
+        model.set_attn_implementation("sdpa")
+        return model
+    return configure(model, config, method=method)
+
+
 def binding_of(module: torch.nn.Module) -> ModelBinding:
     """The settings :func:`configure` gave ``module``, or per-model defaults without it."""
     binding = getattr(module, "_dhsa_binding", None)

@@ -1,8 +1,7 @@
 """Greedy answers from a Hugging Face causal LM under one attention method at a time.
 
 A :class:`Contender` names the attention a model runs: ``dense`` or a sparse method at a token
-budget. :func:`use_contender` switches the loaded model to it through :func:`dhsa.configure`
-(sparse selection applies whenever the keys outnumber the budget: ``min_length`` is 0).
+budget; :func:`dhsa.hf.use_attention` switches a loaded model to it.
 """
 
 from __future__ import annotations
@@ -35,9 +34,10 @@ class Contender:
         return self.label if self.budget is None else f"{self.label}@{self.budget}"
 
     def config(self, base: DHSAConfig) -> DHSAConfig:
+        """``base`` with this contender's budget and scoring."""
         budget = base.budget if self.budget is None else self.budget
         scoring = base.scoring if self.scoring is None else self.scoring
-        return base.replace(budget=budget, min_length=0, scoring=scoring)
+        return base.replace(budget=budget, scoring=scoring)
 
 
 def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:
@@ -46,13 +46,6 @@ def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:
     sparse = [split_method(m) for m in methods if m != "dense"]
     out += [Contender(method, b, scoring) for method, scoring in sparse for b in budgets]
     return out
-
-
-def use_contender(model, contender: Contender, base: DHSAConfig) -> None:
-    """Route ``model``'s attention through dhsa with ``contender``'s method and budget."""
-    from ..hf import configure
-
-    configure(model, contender.config(base), method=contender.method)
 
 
 def token_counter(tokenizer) -> TokenCounter:

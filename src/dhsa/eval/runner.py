@@ -15,7 +15,8 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from ..config import DHSAConfig
-from .generation import Contender, greedy_answer, use_contender
+from ..hf import use_attention
+from .generation import Contender, greedy_answer
 from .metrics import string_match_all
 from .options import method_label
 from .results import ResultStore
@@ -98,7 +99,7 @@ def run_grid(
 
 def answer_cell(model, tokenizer, sample: Sample, contender: Contender, base: DHSAConfig) -> dict:
     """Run one contender on one sample: the record fields of the answer and its score."""
-    use_contender(model, contender, base)
+    use_attention(model, contender.method, contender.config(base))
     start = time.perf_counter()
     reply, prompt_tokens = greedy_answer(model, tokenizer, sample.prompt, sample.max_new_tokens)
     score = string_match_all(reply, sample.answers)
