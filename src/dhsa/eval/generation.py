@@ -65,9 +65,11 @@ def _first_line_done(tokenizer, prompt_len: int):
     return FirstLine()
 
 
-def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+def greedy_answer(
+    model, tokenizer, prompt: str, max_new_tokens: int, *, first_line: bool = True
+) -> tuple[str, int]:
     """``(reply, prompt_tokens)``: greedy decoding of up to ``max_new_tokens``, stopping after the
-    first line of the reply."""
+    first line of the reply when ``first_line``."""
     from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
@@ -78,7 +80,9 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[s
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            stopping_criteria=StoppingCriteriaList([_first_line_done(tokenizer, prompt_len)]),
+            stopping_criteria=StoppingCriteriaList(
+                [_first_line_done(tokenizer, prompt_len)] if first_line else []
+            ),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         )
     reply = tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)

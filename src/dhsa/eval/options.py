@@ -32,9 +32,12 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: bool = True) -> None:
+def add_model_options(
+    p: argparse.ArgumentParser, default_out: str, *, decode: bool = True, haystack: bool = True
+) -> None:
     """Model, device, haystack, config and output options every eval command takes (``decode``:
-    with ``--decode``, for the commands that generate)."""
+    with ``--decode``, for the commands that generate; ``haystack``: with ``--haystack``, for the
+    commands that build prompts from essays)."""
     p.add_argument(
         "--model",
         required=True,
@@ -43,11 +46,12 @@ def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: b
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
-    p.add_argument(
-        "--haystack",
-        default=DEFAULT_HAYSTACK,
-        help='essay JSON {"text": ...} used as haystack (default: %(default)s)',
-    )
+    if haystack:
+        p.add_argument(
+            "--haystack",
+            default=DEFAULT_HAYSTACK,
+            help='essay JSON {"text": ...} used as haystack (default: %(default)s)',
+        )
     p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
     p.add_argument(
         "--chunker",
@@ -236,6 +240,18 @@ def method_label(
         if chunker == "similarity" and chunk_range != (DHSAConfig.min_chunk, DHSAConfig.max_chunk):
             label += f"/chunks={chunk_range[0]}-{chunk_range[1]}"
     return label + ("" if sparse_decode else "/dense-decode")
+
+
+def recorded_name(label: str, config: DHSAConfig) -> str:
+    """:func:`method_label` of a contender's ``label`` under the base ``config``."""
+    return method_label(
+        label,
+        config.chunker,
+        config.share_boundaries,
+        config.sparse_decode,
+        config.boundary_z,
+        (config.min_chunk, config.max_chunk),
+    )
 
 
 def add_grid_options(p, *, lengths: str, samples: int) -> None:
