@@ -87,10 +87,17 @@ def test_layout_must_match_tensors(qkv):
         dhsa.attend(q[:, :, :20], k, v, layout)
 
 
-@pytest.mark.parametrize("field", ["boundary_z", "predictor_threshold", "dash_sparsity"])
+@pytest.mark.parametrize(
+    "field,shown",
+    [
+        ("boundary_z", "boundary_z"),
+        ("predictor_threshold", "predictor_threshold"),
+        ("dash_sparsity", "dash.sparsity"),
+    ],
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-def test_config_float_fields_refuse_nan_and_inf(field, value):
-    with pytest.raises(ValueError, match=f"DHSAConfig.{field}={value} is not a finite number"):
+def test_config_float_fields_refuse_nan_and_inf(field, shown, value):
+    with pytest.raises(ValueError, match=f"DHSAConfig.{shown}={value} is not a finite number"):
         DHSAConfig(**{field: value})
 
 
