@@ -8,7 +8,7 @@ from ..cli import CommandError
 
 
 def add_parser(subparsers) -> None:
-    from ..eval.options import add_model_options
+    from ..eval.options import add_contender_options, add_model_options
 
     p = subparsers.add_parser(
         "longbench",
@@ -20,20 +20,9 @@ def add_parser(subparsers) -> None:
         "as LongBench does. Writes a resumable JSONL result file and a summary JSON with the "
         "mean score x 100 per data set.",
     )
-    add_model_options(p, "benchmarks/accuracy/longbench.jsonl", haystack=False)
+    add_model_options(p, "benchmarks/accuracy/longbench.jsonl", synthetic=False)
     p.add_argument("--data", required=True, help="LongBench JSONL file")
-    p.add_argument(
-        "--methods",
-        default="dense,dhsa",
-        help="comma-separated attention methods (default %(default)s)",
-    )
-    p.add_argument(
-        "--budget",
-        "--budgets",
-        dest="budgets",
-        default="1024,2048",
-        help="comma-separated token budgets of the sparse methods (default %(default)s)",
-    )
+    add_contender_options(p, methods="dense,dhsa")
     p.add_argument("--limit", type=int, help="answer only the first N samples of --data")
     p.add_argument(
         "--max-new-tokens",

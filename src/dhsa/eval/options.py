@@ -33,11 +33,11 @@ def parse_names(text: str) -> list[str]:
 
 
 def add_model_options(
-    p: argparse.ArgumentParser, default_out: str, *, decode: bool = True, haystack: bool = True
+    p: argparse.ArgumentParser, default_out: str, *, decode: bool = True, synthetic: bool = True
 ) -> None:
-    """Model, device, haystack, config and output options every eval command takes (``decode``:
-    with ``--decode``, for the commands that generate; ``haystack``: with ``--haystack``, for the
-    commands that build prompts from essays)."""
+    """Model, device, config and output options every eval command takes (``decode``: with
+    ``--decode``, for the commands that generate; ``synthetic``: with ``--haystack`` and
+    ``--seed``, for the commands that build their prompts from essays)."""
     p.add_argument(
         "--model",
         required=True,
@@ -46,13 +46,13 @@ def add_model_options(
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
-    if haystack:
+    if synthetic:
         p.add_argument(
             "--haystack",
             default=DEFAULT_HAYSTACK,
             help='essay JSON {"text": ...} used as haystack (default: %(default)s)',
         )
-    p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
+        p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
     p.add_argument(
         "--chunker",
         choices=CHUNKERS,
@@ -261,9 +261,17 @@ def add_grid_options(p, *, lengths: str, samples: int) -> None:
         default=lengths,
         help="comma-separated prompt lengths in tokens (4096 or 4k; default %(default)s)",
     )
+    add_contender_options(p, methods="dense,dhsa,block_sparse,streaming")
+    p.add_argument(
+        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
+    )
+
+
+def add_contender_options(p, *, methods: str) -> None:
+    """The attention methods (default ``methods``) and the budgets of the sparse ones."""
     p.add_argument(
         "--methods",
-        default="dense,dhsa,block_sparse,streaming",
+        default=methods,
         help="comma-separated attention methods (default %(default)s)",
     )
     p.add_argument(
@@ -272,7 +280,4 @@ def add_grid_options(p, *, lengths: str, samples: int) -> None:
         dest="budgets",
         default="1024,2048",
         help="comma-separated token budgets of the sparse methods (default %(default)s)",
-    )
-    p.add_argument(
-        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
     )
