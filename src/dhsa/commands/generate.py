@@ -288,9 +288,15 @@ def _table(rows: list[dict]) -> str:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..config import DHSAConfig
     from ..eval.generation import contenders
-    from ..eval.options import check_context, model_context, open_model, parse_lengths, parse_names
+    from ..eval.options import (
+        base_config,
+        check_context,
+        model_context,
+        open_model,
+        parse_lengths,
+        parse_names,
+    )
     from ..eval.results import describe_device, now, write_json
     from ..hf import use_attention
 
@@ -309,11 +315,7 @@ def run(args) -> int:
             f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}"
         )
     budgets = parse_lengths(args.budgets, "budget")
-    base = DHSAConfig(
-        chunker=args.chunker,
-        min_length=args.min_length,
-        share_boundaries=args.boundaries == "shared",
-    )
+    base = base_config(args)
     runs = contenders(([] if args.no_dense else ["dense"]) + methods, budgets)
     if args.threads is not None:
         import torch

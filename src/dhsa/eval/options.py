@@ -111,18 +111,21 @@ def split_method(name: str) -> tuple[str, str | None]:
 
 
 def base_config(args) -> DHSAConfig:
-    """The dhsa configuration the options ask for; ValueError for a predictor without
-    ``--chunker learned`` (it would be ignored) or a learned chunker without a predictor."""
-    if args.predictor and args.chunker != "learned":
+    """The dhsa configuration the options of an eval command or ``dhsa generate`` ask for (an
+    option the command lacks keeps its default; ``min_length`` is 0 unless ``--min-length``);
+    ValueError for a predictor without ``--chunker learned`` (it would be ignored) or a learned
+    chunker without a predictor."""
+    predictor = getattr(args, "predictor", None)
+    if predictor and args.chunker != "learned":
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
     min_chunk, max_chunk = parse_chunk_range(getattr(args, "chunk_range", None))
     return DHSAConfig(
         chunker=args.chunker,
-        predictor=args.predictor,
-        min_length=0,
+        predictor=predictor,
+        min_length=getattr(args, "min_length", 0),
         share_boundaries=args.boundaries == "shared",
         sparse_decode=getattr(args, "decode", "sparse") == "sparse",
-        boundary_z=args.boundary_z,
+        boundary_z=getattr(args, "boundary_z", DHSAConfig.boundary_z),
         min_chunk=min_chunk,
         max_chunk=max_chunk,
     )
