@@ -11,11 +11,13 @@ Per attention call (``module`` is the model's attention layer):
     :func:`dhsa.sparse_attention` with the layer's method; chunk boundaries are computed once per
     forward pass and shared by all layers when ``config.share_boundaries``;
   - decode (one query) keeps incremental selection state per ``module.layer_idx``
-    (:class:`dhsa.decode.DecodeSession`) for ``dhsa`` and ``block_sparse``; other methods select
+    (:class:`dhsa.decode.DecodeSession`) for the methods whose record declares it
+    (:class:`dhsa.methods.IncrementalDecode`: ``dhsa``, ``block_sparse``); other methods select
     afresh per token;
-  - sequences shorter than ``config.dense_below(device)`` keys, ``method="dense"`` layers, and
-    sliding-window layers whose window fits the budget (e.g. Gemma's 512 keys) run dense
-    attention: the selection would keep every visible key anyway, and dense is faster there.
+  - the calls :func:`dhsa.attention.runs_dense` names run dense attention: sequences shorter
+    than ``config.dense_below(device)`` keys, dense methods, and sliding-window layers whose
+    window fits the budget (e.g. Gemma's 512 keys) with a budget-filling method, which would keep
+    every visible key anyway.
 
 Padded batches: the mask builder hands the attention a 2-D key padding mask instead of a 4-D one.
 Padding must be on the left (as ``generate`` needs); each padded row is then run on its own
@@ -37,21 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import dense_attention, sparse_attention
+from .attention import dense_attention, runs_dense, sparse_attention
 from .chunking import compute_boundaries
 from .config import DHSAConfig
 from .decode import DecodeSession
 from .kernels import BACKENDS, attend_decode
-from .methods import SELECTORS
+from .methods import get_method
 from .validation import check_finite
 
 logger = logging.getLogger(__name__)
 
 NAME = "dhsa"
-# Decode methods with incremental state, and the chunk normalization each scores with.
-INCREMENTAL_NORMS = {"dhsa": "sqrt", "block_sparse": "mean"}
-# Methods that keep every key a query can see when that is at most the budget.
-BUDGET_FILLING = ("dhsa", "block_sparse", "streaming", "oracle_topk")
 UNSUPPORTED_KWARGS = ("s_aux", "sinks", "position_bias", "cu_seq_lens_q", "cu_seq_lens_k")
 
 
@@ -114,13 +112,8 @@ def _layer_override(layer: int, value, config: DHSAConfig, method: str) -> tuple
             f"layers[{layer}] must be a method name, a DHSAConfig or a (method, DHSAConfig) "
             f"tuple, got {value!r}"
         )
-    _check_method(value[0])
+    get_method(value[0])
     return value
-
-
-def _check_method(method: str) -> None:
-    if method not in SELECTORS:
-        raise ValueError(f"unknown method {method!r}: allowed {sorted(SELECTORS)}")
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -147,7 +140,7 @@ def configure(
     config = DHSAConfig() if config is None else config
     if not isinstance(config, DHSAConfig):
         raise TypeError(f"config must be a DHSAConfig, got {type(config).__name__}")
-    _check_method(method)
+    get_method(method)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: allowed {BACKENDS}")
     modules = attention_modules(model)
@@ -169,6 +162,18 @@ def configure(
     if getattr(model.config, "_attn_implementation", None) != NAME:
         model.set_attn_implementation(NAME)
     return model
+
+
+def use_attention(
+    model: torch.nn.Module, method: str, config: DHSAConfig | None = None
+) -> torch.nn.Module:
+    """Switch ``model`` to ``method``; returns ``model``. A dense method (the reference) runs
+    transformers' own ``"sdpa"`` attention, any other method dhsa's (:func:`configure` with
+    ``config``). The one switch of the evaluation, generation and benchmark commands."""
+    if get_method(method).dense:
+        model.set_attn_implementation("sdpa")
+        return model
+    return configure(model, config, method=method)
 
 
 def binding_of(module: torch.nn.Module) -> ModelBinding:
@@ -328,14 +333,6 @@ def _attend_padded(q, k, v, mask, binding, layer, scaling, window, softcap) -> T
     return out
 
 
-def _dense(q, k, v, scale, window, softcap) -> Tensor:
-    if softcap is None and window is None and q.shape[2] in (1, k.shape[2]):
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=q.shape[2] > 1, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
-    return dense_attention(q, k, v, scale=scale, sliding_window=window, softcap=softcap)
-
-
 def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
     """Causal attention of the unpadded ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]``.
 
@@ -343,14 +340,12 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
     ``Lq``) hold NaN or Inf, on the dense paths too: each key is checked once, when it enters.
     """
     check_finite(q, k[:, :, -q.shape[2] :])
-    method, config = binding.plan(layer)
+    name, config = binding.plan(layer)
+    method = get_method(name)
     q_len, k_len = q.shape[2], k.shape[2]
     clipped = window if window is not None and window < k_len else None
-    short_window = window is not None and window <= config.budget
-    short = k_len < config.dense_below(k.device)
-    dense_step = q_len == 1 and not config.sparse_decode
-    if method == "dense" or short or dense_step or (short_window and method in BUDGET_FILLING):
-        return _dense(q, k, v, scale, clipped, softcap)
+    if runs_dense(method, config, q_len=q_len, k_len=k_len, device=k.device, sliding_window=window):
+        return dense_attention(q, k, v, scale=scale, sliding_window=clipped, softcap=softcap)
     if window is not None:
         # Sliding-window layers may get a cache that itself slides (only the last `window` keys),
         # so incremental decode state and boundaries shared with full layers never apply: a
@@ -362,19 +357,22 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
             k,
             v,
             config,
-            method=method,
+            method=name,
             scale=scale,
             sliding_window=clipped,
             softcap=softcap,
             backend=binding.backend,
         )
-    if q_len == 1 and method in INCREMENTAL_NORMS:
-        chosen = config if method == "dhsa" else config.replace(chunker="fixed")
-        norm = INCREMENTAL_NORMS[method]
-        if method == "dhsa" and config.scoring == "peak":
-            norm = "peak"
+    decode = method.decode
+    if q_len == 1 and decode is not None:
         starts, ends = binding.session.select_spans(
-            q, k, chosen, layer=layer, row=row, norm=norm, scale=scale
+            q,
+            k,
+            decode.config_for(config),
+            layer=layer,
+            row=row,
+            norm=decode.norm_for(config),
+            scale=scale,
         )
         return attend_decode(
             q, k, v, starts, ends, scale=scale, softcap=softcap, backend=binding.backend
@@ -382,16 +380,16 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
     boundaries = None
     if q_len > 1:
         binding.session.forget(layer, row)
-        if method == "dhsa" and config.share_boundaries:
+        if method.shares_boundaries and config.share_boundaries:
             boundaries = binding.prefill_boundaries(layer, row, k, config)
-        if method == "dhsa" and config.scoring == "peak":
+        if decode is not None and decode.keeps_probe(config):
             binding.session.remember_probe(layer, row, q[:, :, -config.query_block :])
     return sparse_attention(
         q,
         k,
         v,
         config,
-        method=method,
+        method=name,
         scale=scale,
         softcap=softcap,
         backend=binding.backend,

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import DHSAConfig
-from .measure import synchronize
+from ..hf import use_attention
+from .measure import PeakMemory, synchronize
 from .presets import MODEL_SIZES
 from .runner import record_header, resolve_device
 
@@ -37,51 +38,35 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def _use(model, method: str, config: DHSAConfig) -> None:
-    from ..hf import configure
-
-    if method == "dense":
-        model.set_attn_implementation("sdpa")
-    else:
-        configure(model, config, method=method)
-
-
-def _peak_mb(device: torch.device, before: int) -> float:
-    if device.type != "cuda":
-        return float("nan")
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-
-
 def prefill_and_decode(model, ids: torch.Tensor, decode_tokens: int) -> dict:
     """Prefill ``ids [1, L]`` (logits of the last position only), then greedy decode."""
     from transformers import DynamicCache
 
     device = ids.device
-    synchronize(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        start = time.perf_counter()
-        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        synchronize(device)
-        ttft = time.perf_counter() - start
-        prefill_mb = _peak_mb(device, before)
+        with PeakMemory(device) as prefill_memory:
+            start = time.perf_counter()
+            out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            synchronize(device)
+            ttft = time.perf_counter() - start
         token = out.logits[:, -1:].argmax(dim=-1)
         steps = []
-        for _ in range(decode_tokens):
-            start = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1:].argmax(dim=-1)
-            synchronize(device)
-            steps.append(time.perf_counter() - start)
+        with PeakMemory(device) as decode_memory:
+            for _ in range(decode_tokens):
+                start = time.perf_counter()
+                out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = out.logits[:, -1:].argmax(dim=-1)
+                synchronize(device)
+                steps.append(time.perf_counter() - start)
+    peak = max(prefill_memory.peak_bytes, decode_memory.peak_bytes)
     step = statistics.median(steps[1:] or steps) if steps else float("nan")
     return {
         "ttft_ms": ttft * 1e3,
-        "prefill_peak_mb": prefill_mb,
-        "peak_mb": _peak_mb(device, before),
+        "prefill_peak_mb": prefill_memory.extra_bytes / 2**20,
+        "peak_mb": (peak - prefill_memory.baseline_bytes) / 2**20,
         "decode_ms_per_token": step * 1e3,
         "decode_tokens_per_s": 1.0 / step if steps else float("nan"),
     }
@@ -125,7 +110,7 @@ def run_model_bench(
         dense_ms = None
         for method in methods:
             bar.set_postfix_str(f"L={length} {method}")
-            _use(model, method, config)
+            use_attention(model, method, config)
             prefill_and_decode(model, ids, 2)
             record = dict(method=method, length=length)
             record.update(prefill_and_decode(model, ids, decode_tokens))

@@ -1,6 +1,7 @@
 """Selection cost of each dhsa scoring on the GPU (one layer, 32/8 heads, head size 128, bf16).
 
-Usage: python benchmarks/gpu/selection_cost.py [--profile] [LENGTH ...]   (default 32768 131072)
+Usage: python benchmarks/gpu/scripts/selection_cost.py [--profile] [LENGTH ...]
+(default lengths 32768 131072)
 
 Prints one JSON line per length and scoring: ``dhsa.select`` time, the whole
 ``dhsa.sparse_attention`` time and the best dense SDPA time, medians of
