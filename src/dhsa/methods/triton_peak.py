@@ -18,6 +18,13 @@ import triton.language as tl
 from torch import Tensor
 
 
+@triton.jit
+def _segment_max(chunk_a, best_a, chunk_b, best_b):
+    """Combine of a running maximum that restarts where the chunk changes (slots are sorted by
+    chunk, so this is associative)."""
+    return chunk_b, tl.where(chunk_a == chunk_b, tl.maximum(best_a, best_b), best_b)
+
+
 @triton.jit(do_not_specialize=["rows", "chunks", "length"])
 def _chunk_peak_kernel(
     q_ptr,
@@ -60,6 +67,7 @@ def _chunk_peak_kernel(
         lo = tl.where(active & right, mid + 1, lo)
         hi = tl.where(active & ~right, mid, hi)
     which = tl.minimum(lo, chunks - 1)
+    chunk_end = tl.load(ends_ptr + base + which, mask=live, other=0)
     pos = tl.load(offset_ptr + base + which, mask=live, other=0) + w
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, DIM)
@@ -80,7 +88,11 @@ def _chunk_peak_kernel(
     else:
         logits = tl.dot(q, tl.trans(keys))
     best = tl.max(logits * scale - lse[:, None], axis=0)  # padded heads are -inf
-    tl.atomic_max(out_ptr + base + which, best, mask=live)
+    # Each chunk's maximum over this tile's slots, then one atomic per chunk: at its last slot
+    # here (its own last slot, or the tile's or the row's last).
+    _, best = tl.associative_scan((which, best), 0, _segment_max)
+    last = (w == chunk_end - 1) | (w == tile * BLOCK_W + BLOCK_W - 1) | (w == total - 1)
+    tl.atomic_max(out_ptr + base + which, best, mask=live & last)
 
 
 def chunk_peaks(
