@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import InitVar, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -119,7 +118,9 @@ class DHSAConfig:
         ``boundary_z`` standard deviations above the sequence's mean shift; chunks are between
         ``min_chunk`` and ``max_chunk`` tokens, at most ``max_chunks`` of them.
       - ``"fixed"``: every ``chunk_size`` tokens.
-      - ``"learned"``: the boundary predictor stored at ``predictor``.
+      - ``"learned"``: the boundary predictor stored at ``predictor``, read when the keys are
+        first chunked (:func:`dhsa.chunking.load_predictor`: FileNotFoundError naming the path
+        and ``dhsa train-predictor`` when it is missing); constructing the config reads no file.
 
     ``tile_elements`` bounds the torch backend's float32 logits per tile (its peak extra memory).
 
@@ -221,11 +222,6 @@ class DHSAConfig:
         if self.chunker == "learned" and not self.predictor:
             raise ValueError(
                 "DHSAConfig.chunker='learned' needs predictor=PATH to a trained boundary predictor"
-            )
-        if self.predictor is not None and not Path(self.predictor).is_file():
-            raise FileNotFoundError(
-                f"DHSAConfig.predictor={self.predictor!r} is not a file: train one with "
-                "`dhsa train-predictor --model KEY --out FILE` and pass that FILE"
             )
 
     def _fold_flat_keywords(self, flat: dict[str, Any]) -> None:

@@ -114,10 +114,15 @@ def base_config(args) -> DHSAConfig:
     """The dhsa configuration the options of an eval command or ``dhsa generate`` ask for (an
     option the command lacks keeps its default; ``min_length`` is 0 unless ``--min-length``);
     ValueError for a predictor without ``--chunker learned`` (it would be ignored) or a learned
-    chunker without a predictor."""
+    chunker without a predictor. The predictor file is read here, before any model is loaded:
+    FileNotFoundError when it is missing, ValueError when it is not a predictor."""
     predictor = getattr(args, "predictor", None)
     if predictor and args.chunker != "learned":
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
+    if predictor:
+        from ..chunking import load_predictor
+
+        load_predictor(predictor)
     min_chunk, max_chunk = parse_chunk_range(getattr(args, "chunk_range", None))
     return DHSAConfig(
         chunker=args.chunker,
