@@ -19,6 +19,7 @@ _LAZY = {
     "select": "dhsa.attention",
     "sparse_attention": "dhsa.attention",
     "PRESETS": "dhsa.config",
+    "BackendOptions": "dhsa.config",
     "DHSAConfig": "dhsa.config",
     "DashParams": "dhsa.config",
     "HipParams": "dhsa.config",

@@ -25,7 +25,7 @@ from .scoring import (
 )
 
 # One tile of the ``peak`` rescoring gathers the keys of its rows' candidates: up to this many
-# times ``DHSAConfig.tile_elements`` elements (a stage-2 row is longer than a row of scores). On
+# times ``DHSAConfig.backend.peak_tile`` elements (a stage-2 row is longer than a row of scores). On
 # the GPU a tile of one row per launch sequence is launch-bound (benchmarks/gpu/
 # selection_cost.jsonl: 1.26 s at 32K keys), so tiles there may be 32 times larger.
 PEAK_TILE_FACTOR = {"cpu": 8, "cuda": 256}
@@ -62,7 +62,7 @@ def chunk_select(
         k_len=k_len,
         query_block=config.query_block,
         sliding_window=sliding_window,
-        use_triton=None if config.triton_fill else False,
+        use_triton=None if config.backend.triton_fill else False,
         score_tiles=tiles,
     )
 
@@ -82,7 +82,7 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     per_slot = 1 if triton_peak_usable(k.device, dim) else dim + head_q.shape[2] + 4
     per_row = k.shape[0] * kv_heads * (width * per_slot + 2 * head_q.shape[2] * lo.shape[1])
     factor = PEAK_TILE_FACTOR.get(k.device.type, PEAK_TILE_FACTOR["cpu"])
-    tile = max(1, factor * config.tile_elements // max(per_row, 1))
+    tile = max(1, factor * config.backend.peak_tile // max(per_row, 1))
     num_blocks = head_q.shape[3]
     # The last query block's own exact attention (the question, in a prompt) adds its chunks.
     # A single query is a decode step, which scores as decode does (without its exact attention).

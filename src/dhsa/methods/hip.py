@@ -111,7 +111,7 @@ def select_hip(
     fixed_starts, fixed_ends = regions.fixed_spans()
     num_blocks = regions.block_start.numel()
     width = queries.shape[2]
-    tile = max(1, config.tile_elements // max(batch * kv_heads * 2 * keep * rep * width, 1))
+    tile = max(1, config.backend.hip_tile // max(batch * kv_heads * 2 * keep * rep * width, 1))
     starts, ends = [], []
     for t0 in range(0, num_blocks, tile):
         t1 = min(t0 + tile, num_blocks)
