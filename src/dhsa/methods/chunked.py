@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..chunking import check_boundaries, compute_boundaries, fixed_boundaries
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..layout import Geometry, Layout
 from .greedy import greedy_layout
 from .regions import block_regions
 from .scoring import (
@@ -43,10 +43,8 @@ def chunk_select(
     scale: float | None = None,
 ) -> Layout:
     """Score the chunks ``bounds`` of ``k`` against query blocks of ``q`` and fill the budget."""
-    q_len, k_len = q.shape[2], k.shape[2]
-    regions = block_regions(
-        q_len, k_len, config.query_block, config.sink, config.local, sliding_window, k.device
-    )
+    geometry = Geometry.of(q, k, config.query_block, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     q_rep = query_block_representations(q, k.shape[1], config.query_block, norm)
     k_rep = chunk_representations(k, bounds, norm)
     tiles = None
@@ -58,10 +56,7 @@ def chunk_select(
         bounds,
         regions,
         budget=config.budget,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=config.query_block,
-        sliding_window=sliding_window,
+        geometry=geometry,
         use_triton=None if config.backend.triton_fill else False,
         score_tiles=tiles,
     )
