@@ -146,7 +146,7 @@ def test_shared_boundaries_are_used(rng):
 
 
 def test_torch_backend_matches_reference_on_random_layouts_with_bias(rng):
-    from dhsa import Layout
+    from dhsa import Geometry, Layout
 
     batch, kv_heads, q_len, k_len, bq = 2, 2, 45, 90, 8
     q, k, v = make_qkv(batch, 6, kv_heads, q_len, k_len, 16, rng)
@@ -156,12 +156,7 @@ def test_torch_backend_matches_reference_on_random_layouts_with_bias(rng):
     for window in (None, 20):
         base = Layout.from_key_mask(
             mask,
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=bq,
-            sliding_window=window,
+            Geometry(batch, kv_heads, q_len, k_len, bq, window),
         )
         layout = Layout(**{**base.__dict__, "span_bias": torch.randn(base.nnz, generator=rng)})
         ref = dhsa.attend(q, k, v, layout, backend="reference")

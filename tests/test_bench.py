@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from dhsa import DHSAConfig
 from dhsa.bench import Contender, Prepared, register_contender
 from dhsa.bench.check import spot_check
 from dhsa.bench.contenders import CONTENDERS
@@ -174,6 +175,11 @@ def _bench_args(tmp_path, *extra):
         ("--methods", ",", "--methods must name at least one contender"),
         ("--backend", "cuda", "unknown backend 'cuda'"),
         ("--backend", "triton", "backend 'triton' needs CUDA tensors"),
+        (
+            "--predictor",
+            "p.pt",
+            "--predictor is used only with --chunker learned, not 'similarity'",
+        ),
     ],
 )
 def test_bench_refuses_bad_options_with_a_named_message(tmp_path, capsys, option, value, message):
@@ -185,6 +191,21 @@ def test_bench_refuses_bad_options_with_a_named_message(tmp_path, capsys, option
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists(), "nothing runs before the options are checked"
+
+
+def test_bench_maps_its_options_to_the_config_as_the_eval_commands_do(tmp_path, capsys):
+    from dhsa.cli import build_parser
+    from dhsa.eval.options import base_config
+
+    missing = tmp_path / "missing.pt"
+    assert main(_bench_args(tmp_path, "--chunker", "learned", "--predictor", str(missing))) == 2
+    assert f"{str(missing)!r} not found: train one with `dhsa train-predictor" in (
+        capsys.readouterr().err
+    )
+    args = build_parser().parse_args(_bench_args(tmp_path, "--triton-fill", "--chunker", "fixed"))
+    config = base_config(args)
+    assert (config.chunker, config.backend.triton_fill, config.min_length) == ("fixed", True, None)
+    assert base_config(build_parser().parse_args(_bench_args(tmp_path))) == DHSAConfig()
 
 
 @pytest.mark.parametrize("content", [b"not a pickle at all", b"PK\x03\x04broken"])

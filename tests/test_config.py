@@ -1,11 +1,18 @@
-"""DHSAConfig: the peer methods' parameters in records of their own, the flat keywords kept."""
+"""DHSAConfig: the peer methods' parameters and the backend options in records of their own,
+the flat keywords kept."""
 
 import dataclasses
 
 import pytest
 
 from dhsa import DHSAConfig
-from dhsa.config import FLAT_KEYWORDS, DashParams, HipParams, VerticalSlashParams
+from dhsa.config import (
+    FLAT_KEYWORDS,
+    BackendOptions,
+    DashParams,
+    HipParams,
+    VerticalSlashParams,
+)
 
 
 def test_flat_keywords_fill_the_records_and_read_back():
@@ -48,3 +55,30 @@ def test_records_validate_and_conflicts_are_refused():
     with pytest.raises(ValueError, match="got dash_block=16 and dash.block=8: pass one of them"):
         DHSAConfig(dash=DashParams(block=8), dash_block=16)
     assert DHSAConfig(dash=DashParams(block=8), dash_block=8).dash.block == 8
+
+
+def test_backend_options_are_a_record_under_the_old_flat_keywords():
+    config = DHSAConfig(tile_elements=1 << 16, triton_fill=True)
+    assert config.backend == BackendOptions(attention_tile=1 << 16, triton_fill=True)
+    assert (config.tile_elements, config.triton_fill) == (1 << 16, True)
+    assert config == DHSAConfig(backend=BackendOptions(attention_tile=1 << 16, triton_fill=True))
+    # tile_elements is the attention tile only: the selection stages keep tiles of their own.
+    assert (config.backend.peak_tile, config.backend.hip_tile) == (1 << 20, 1 << 20)
+    assert dataclasses.asdict(config)["backend"]["attention_tile"] == 1 << 16
+    with pytest.raises(ValueError, match=r"DHSAConfig.backend.hip_tile=16 is out of range"):
+        BackendOptions(hip_tile=16)
+    with pytest.raises(
+        ValueError, match=r"backend.attention_tile=1 .*\(given as tile_elements=1\)"
+    ):
+        DHSAConfig(tile_elements=1)
+    with pytest.raises(TypeError, match="DHSAConfig.backend must be a BackendOptions"):
+        DHSAConfig(backend={"triton_fill": True})
+
+
+def test_replace_by_flat_keyword_overrides_a_value_already_set():
+    config = DHSAConfig(dash_block=32, tile_elements=1 << 16)
+    assert config.replace(dash_block=16).dash == DashParams(block=16)
+    assert config.replace(tile_elements=1 << 18).backend.attention_tile == 1 << 18
+    assert config.replace(hip_block=4).dash == DashParams(block=32)
+    with pytest.raises(ValueError, match="got dash_block=16 and dash.block=8: pass one of them"):
+        config.replace(dash=DashParams(block=8), dash_block=16)

@@ -26,7 +26,10 @@ def test_config_validation_names_the_field():
         DHSAConfig(chunker="learned")
     with pytest.raises(ValueError, match="query_block=0"):
         DHSAConfig(query_block=0)
-    with pytest.raises(TypeError, match="DHSAConfig.triton_fill must be a bool"):
+    with pytest.raises(
+        TypeError,
+        match=r"DHSAConfig.backend.triton_fill must be a bool \(given as triton_fill='yes'\)",
+    ):
         DHSAConfig(triton_fill="yes")
     assert DHSAConfig.preset("budget1024").budget == 1024
     with pytest.raises(ValueError, match="preset"):

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 from dhsa.fill import FillRegions, chunks_taken_bound, greedy_fill, naive_fill  # noqa: E402
 from dhsa.fill.naive import padded  # noqa: E402
+from dhsa.layout import Geometry  # noqa: E402
 from dhsa.methods.regions import block_regions  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,7 +55,7 @@ def random_scores(gen, shape, ties):
 
 
 def regions_of(length, q_len, query_block, sink, local, window, budget):
-    regions = block_regions(q_len, length, query_block, sink, local, window, "cpu")
+    regions = block_regions(Geometry(1, 1, q_len, length, query_block, window), sink, local, "cpu")
     return regions.fill_regions(budget)
 
 
@@ -108,7 +109,7 @@ def test_prefill_tiles_match_the_specification(seed, ties, use_triton):
 @pytest.mark.parametrize("budget", ["fixed part", "one key", "tight", "everything"])
 def test_edge_budgets_match_the_specification(rng, budget, use_triton):
     length, q_len, query_block = 131, 131, 16
-    regions = block_regions(q_len, length, query_block, 5, 7, None, "cpu")
+    regions = block_regions(Geometry(1, 1, q_len, length, query_block), 5, 7, "cpu")
     fixed = regions.fixed_cost
     extra = {"fixed part": 0, "one key": 1, "tight": 13, "everything": length}[budget]
     remaining = torch.full_like(fixed, extra)
@@ -261,7 +262,7 @@ def test_decode_regions_are_the_prefill_regions_of_one_query():
 
     for length in (1, 2, 5, 17, 64, 65, 300):
         for sink, local in ((0, 0), (4, 8), (64, 128), (3, 400)):
-            tensors = block_regions(1, length, 1, sink, local, None, "cpu")
+            tensors = block_regions(Geometry(1, 1, 1, length, 1), sink, local, "cpu")
             ints = last_query_regions(length, sink, local)
             for name in ("sink_start", "sink_end", "window_start", "block_end", "candidate_start"):
                 assert [int(getattr(tensors, name)[0])] == [getattr(ints, name)], name

@@ -7,6 +7,7 @@ import torch
 
 import dhsa
 from conftest import make_qkv, naive_attention, rel_error
+from dhsa.layout import Geometry
 from dhsa.methods.regions import block_regions
 
 
@@ -22,7 +23,7 @@ def test_hip_finds_the_planted_block_of_every_query_block(rng):
     on one random key (attention is local in HiP's sense), plus noise. The search must keep it."""
     q_len, bq, dim, rep = 640, 32, 64, 8
     config = dhsa.DHSAConfig(budget=96, sink=8, local=16, query_block=bq, hip_block=rep)
-    regions = block_regions(q_len, q_len, bq, 8, 16, None, "cpu")
+    regions = block_regions(Geometry(1, 1, q_len, q_len, bq), 8, 16, "cpu")
     num_blocks = q_len // bq
     directions = torch.linalg.qr(torch.randn(dim, dim, generator=rng))[0][:num_blocks]
     q = torch.randn(1, 2, q_len, dim, generator=rng) * 0.1
@@ -52,7 +53,7 @@ def test_layout_keeps_sink_and_window_within_budget_and_backends_agree(rng, meth
     config = dhsa.DHSAConfig(budget=80, sink=8, local=16, query_block=bq, hip_block=8)
     layout = dhsa.select(q, k, config, method=method, sliding_window=window)
     layout.validate()
-    regions = block_regions(q_len, k_len, bq, 8, 16, window, "cpu")
+    regions = block_regions(layout.geometry, 8, 16, "cpu")
     assert int(layout.num_selected().max()) <= config.budget
     for b in range(2):
         for h in range(2):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from dhsa import Layout
-from dhsa.layout import merge_padded, merge_padded_rows
+from dhsa.intmath import ceil_div
+from dhsa.layout import Geometry, merge_padded, merge_padded_rows
 
 
 def test_merge_padded_sorts_merges_and_drops_empty():
@@ -61,12 +62,7 @@ def random_layout(generator, batch=2, kv_heads=3, q_len=37, k_len=50, query_bloc
     mask = torch.rand(rows, k_len, generator=generator) < 0.4
     return Layout.from_key_mask(
         mask,
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=query_block,
-        sliding_window=window,
+        Geometry(batch, kv_heads, q_len, k_len, query_block, window),
     ), mask
 
 
@@ -93,7 +89,7 @@ def test_num_selected_and_density_agree_with_dense_mask(rng, window):
 
 
 def test_validate_rejects_overlapping_and_out_of_range_spans():
-    good = dict(batch=1, kv_heads=1, q_len=4, k_len=10, query_block=4)
+    good = dict(geometry=Geometry(1, 1, 4, 10, 4))
     overlapping = Layout(
         offsets=torch.tensor([0, 2]),
         starts=torch.tensor([0, 3], dtype=torch.int32),
@@ -125,11 +121,7 @@ def test_key_bias_spreads_span_bias_over_its_keys():
         offsets=torch.tensor([0, 2]),
         starts=torch.tensor([1, 5], dtype=torch.int32),
         ends=torch.tensor([3, 6], dtype=torch.int32),
-        batch=1,
-        kv_heads=1,
-        q_len=2,
-        k_len=8,
-        query_block=2,
+        geometry=Geometry(1, 1, 2, 8, 2),
         span_bias=torch.tensor([0.5, -1.0]),
     )
     assert layout.key_bias()[0].tolist() == [0, 0.5, 0.5, 0, 0, -1.0, 0, 0]
@@ -141,11 +133,7 @@ def test_from_counts_builds_row_major_layouts_and_checks_the_row_count():
         torch.tensor([2, 0, 1]),
         starts,
         ends,
-        batch=1,
-        kv_heads=1,
-        q_len=12,
-        k_len=12,
-        query_block=4,
+        Geometry(1, 1, 12, 12, 4),
     )
     layout.validate()
     assert layout.spans(0, 0, 0) == [(0, 3), (5, 9)]
@@ -155,9 +143,27 @@ def test_from_counts_builds_row_major_layouts_and_checks_the_row_count():
             torch.tensor([2, 1]),
             starts,
             ends,
-            batch=1,
-            kv_heads=1,
-            q_len=12,
-            k_len=12,
-            query_block=4,
+            Geometry(1, 1, 12, 12, 4),
         )
+
+
+def test_geometry_of_tensors_and_its_sizes_read_through_the_layout(rng):
+    q, k = torch.randn(2, 6, 37, 8), torch.randn(2, 3, 50, 8)
+    geometry = Geometry.of(q, k, 8, sliding_window=5)
+    assert geometry == Geometry(
+        batch=2, kv_heads=3, q_len=37, k_len=50, query_block=8, sliding_window=5
+    )
+    assert (geometry.num_q_blocks, geometry.num_rows, geometry.q_offset) == (5, 30, 13)
+    starts, ends = geometry.block_bounds("cpu")
+    assert starts.tolist() == [13, 21, 29, 37, 45] and ends.tolist() == [21, 29, 37, 45, 50]
+    layout, _ = random_layout(rng, window=5)
+    assert layout.geometry == geometry
+    for name in ("batch", "kv_heads", "q_len", "k_len", "query_block", "sliding_window"):
+        assert getattr(layout, name) == getattr(geometry, name), name
+    assert (layout.num_q_blocks, layout.num_rows, layout.q_offset) == (5, 30, 13)
+
+
+def test_ceil_div_of_ints_and_tensors():
+    assert [ceil_div(n, 4) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    lengths = torch.tensor([0, 1, 127, 128, 129])
+    assert ceil_div(lengths, 128).tolist() == [0, 1, 1, 1, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -193,8 +194,15 @@ def test_nothing_above_threshold_falls_back_to_max_length_splits(rng):
 
 
 def test_clear_errors_for_missing_wrong_and_mismatched_files(rng, tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-predictor"):
-        dhsa.DHSAConfig(chunker="learned", predictor=str(tmp_path / "missing.pt"))
+    missing = str(tmp_path / "missing.pt")
+    # The file is read where the keys are chunked, not when the config is made.
+    unread = dhsa.DHSAConfig(chunker="learned", predictor=missing, min_length=0)
+    q = torch.randn(1, 1, 64, 16, generator=rng)
+    message = re.escape(repr(missing)) + " not found: train one with `dhsa train-predictor"
+    with pytest.raises(FileNotFoundError, match=message):
+        dhsa.select(q, q, unread)
+    with pytest.raises(FileNotFoundError, match=message):
+        load_predictor(missing)
     with pytest.raises(ValueError, match="predictor=PATH"):
         dhsa.DHSAConfig(chunker="learned")
     junk = tmp_path / "junk.pt"

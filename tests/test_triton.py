@@ -7,7 +7,6 @@ are not converted), so bfloat16 is checked on the GPU only.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -27,7 +26,7 @@ from dhsa.kernels.triton_decode import (  # noqa: E402
     attend_triton_decode_spans,
 )
 from dhsa.kernels.triton_prefill import attend_triton, launch_prefill  # noqa: E402
-from dhsa.layout import Layout  # noqa: E402
+from dhsa.layout import Geometry, Layout  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
@@ -67,12 +66,7 @@ def move_layout(layout: Layout, device: torch.device) -> Layout:
     moved = {f: None if t is None else t.to(device) for f, t in fields.items()}
     return Layout(
         **moved,
-        batch=layout.batch,
-        kv_heads=layout.kv_heads,
-        q_len=layout.q_len,
-        k_len=layout.k_len,
-        query_block=layout.query_block,
-        sliding_window=layout.sliding_window,
+        geometry=layout.geometry,
     )
 
 
@@ -84,7 +78,9 @@ def to_device(*tensors, dtype):
     return [t.to(device=DEVICE, dtype=dtype) for t in tensors]
 
 
-def random_spans_layout(generator, *, batch, kv_heads, q_len, k_len, query_block, bias, empty):
+def random_spans_layout(
+    generator, *, batch, kv_heads, q_len, k_len, query_block, bias, empty, window=None
+):
     """Disjoint random spans per row (some rows left empty), with optional span bias."""
     rows = batch * kv_heads * (-(-q_len // query_block))
     cuts = torch.sort(torch.randint(0, k_len + 1, (rows, 12), generator=generator), dim=1).values
@@ -95,11 +91,7 @@ def random_spans_layout(generator, *, batch, kv_heads, q_len, k_len, query_block
     return Layout.from_padded(
         starts,
         ends,
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=query_block,
+        Geometry(batch, kv_heads, q_len, k_len, query_block, window),
         bias=span_bias,
     )
 
@@ -139,11 +131,7 @@ def test_query_blocks_without_keys_output_zero(rng):
         torch.tensor([1, 2]),
         torch.tensor([35, 0]),
         torch.tensor([40, 40]),
-        batch=1,
-        kv_heads=1,
-        q_len=40,
-        k_len=40,
-        query_block=16,
+        Geometry(1, 1, 40, 40, 16),
     )
     layout = move_layout(layout, DEVICE)
     out = launch_prefill(q, k, v, layout, scale=0.125, softcap=None, out=poisoned(q))
@@ -174,8 +162,9 @@ def test_decode_matches_reference(rng, window, softcap, bias):
             query_block=16,
             bias=True,
             empty=0.2,
+            window=window,
         )
-        layout = move_layout(dataclasses.replace(layout, sliding_window=window), DEVICE)
+        layout = move_layout(layout, DEVICE)
     else:
         layout = dhsa.select(q, k, dhsa.DHSAConfig(**SMALL), sliding_window=window)
     for splits in (1, 3):
@@ -195,9 +184,7 @@ def test_decode_spans_match_reference(rng, dim, softcap):
     ends = torch.where(torch.rand(starts.shape, generator=rng) < 0.33, starts, ends)
     shuffle = torch.argsort(torch.rand(starts.shape, generator=rng), dim=1)
     starts, ends = starts.gather(1, shuffle), ends.gather(1, shuffle)
-    layout = Layout.from_padded(
-        starts, ends, batch=batch, kv_heads=kv_heads, q_len=1, k_len=k_len, query_block=1
-    )
+    layout = Layout.from_padded(starts, ends, Geometry(batch, kv_heads, 1, k_len, 1))
     spans = [x.view(batch, kv_heads, width).to(DEVICE) for x in (starts, ends)]
     for splits in (1, 4):
         out = attend_triton_decode_spans(
@@ -263,14 +250,13 @@ def greedy_both_ways(
     from dhsa.methods.regions import block_regions
     from dhsa.methods.scoring import chunk_representations, query_block_representations
 
-    q_len, k_len = q.shape[2], k.shape[2]
+    k_len = k.shape[2]
     if norm == "sqrt":
         bounds = compute_boundaries(k, config)
     else:
         bounds = fixed_boundaries(k.shape[0], k_len, config.chunk_size, k.device)
-    regions = block_regions(
-        q_len, k_len, config.query_block, config.sink, config.local, window, k.device
-    )
+    geometry = Geometry.of(q, k, config.query_block, window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     q_rep = query_block_representations(q, k.shape[1], config.query_block, norm) * scale
     k_rep = chunk_representations(k, bounds, norm) * scale
     return [
@@ -280,10 +266,7 @@ def greedy_both_ways(
             bounds,
             regions,
             budget=config.budget,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=config.query_block,
-            sliding_window=window,
+            geometry=geometry,
             tile_elements=tile_elements,
             use_triton=use_triton,
         )

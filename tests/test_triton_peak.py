@@ -14,6 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+from dhsa.layout import Geometry  # noqa: E402
 from dhsa.methods.regions import block_regions  # noqa: E402
 from dhsa.methods.scoring import chunk_peaks, head_block_means, peak_scores  # noqa: E402
 
@@ -85,7 +86,7 @@ def test_peak_scores_with_the_kernel_equal_tensor_operations(seed):
     edges = torch.cat([torch.tensor([0]), cuts, torch.tensor([length])])
     lo, hi = edges[:-1].expand(batch, -1), edges[1:].expand(batch, -1)
     means = torch.stack([k[:, :, a:b].mean(2) for a, b in zip(lo[0], hi[0], strict=True)], dim=2)
-    regions = block_regions(length, length, block, 4, 8, None, torch.device("cpu"))
+    regions = block_regions(Geometry(1, 1, length, length, block), 4, 8, torch.device("cpu"))
     head_q = head_block_means(q, kv_heads, block)
     args = (lo, hi, regions.lowest, regions.block_end, regions.candidate_start)
     kwargs = dict(scale=0.25, room=40, shortest=int((hi - lo).min()), longest=int((hi - lo).max()))

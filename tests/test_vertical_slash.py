@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import dhsa
+from dhsa.layout import Geometry
 from dhsa.methods.regions import block_regions
 from dhsa.methods.vertical_slash import last_block_profiles
 
@@ -37,7 +38,7 @@ def test_profiles_match_their_definition(rng):
 
 
 def test_finds_planted_columns(rng):
-    regions = block_regions(LENGTH, LENGTH, BLOCK, 4, 16, None, "cpu")
+    regions = block_regions(Geometry(1, 1, LENGTH, LENGTH, BLOCK), 4, 16, "cpu")
     lo, hi = int(regions.candidate_start[-1]), int(regions.candidate_end[-1])
     columns = torch.randperm(hi - lo, generator=rng)[:5] + lo
     direction = torch.randn(DIM, generator=rng)
@@ -62,7 +63,7 @@ def test_finds_planted_diagonals(rng):
         q[0, :, o:] += 0.5 * k[0, 0, : LENGTH - o]
     layout = dhsa.select(q, k, CONFIG, method="vertical_slash")
     layout.validate()
-    regions = block_regions(LENGTH, LENGTH, BLOCK, 4, 16, None, "cpu")
+    regions = block_regions(Geometry(1, 1, LENGTH, LENGTH, BLOCK), 4, 16, "cpu")
     for qb in range(layout.num_q_blocks):
         start, end = int(regions.candidate_start[qb]), int(regions.candidate_end[qb])
         block_start = int(regions.block_start[qb])

@@ -18,6 +18,7 @@ import torch
 
 import dhsa
 from dhsa.chunking import compute_boundaries
+from dhsa.layout import Geometry
 from dhsa.methods.regions import block_regions
 
 TOPK = 32
@@ -274,11 +275,15 @@ def main(budget: int, files: list[str], **chunking) -> None:
                 if shared is None:
                     shared = compute_boundaries(k[None], config)
                 bounds = shared[0]
-                regions = block_regions(lq, lq, bq, config.sink, config.local, None, "cpu")
+                regions = block_regions(
+                    Geometry(1, 1, lq, lq, bq), config.sink, config.local, "cpu"
+                )
                 nqb = regions.block_start.numel()
                 first = budget // bq + 1
                 blocks = sorted(set(torch.linspace(first, nqb - 1, 8).round().long().tolist()))
-                step_regions = block_regions(1, lq, 1, config.sink, config.local, None, "cpu")
+                step_regions = block_regions(
+                    Geometry(1, 1, 1, lq, 1), config.sink, config.local, "cpu"
+                )
                 needle = torch.tensor(cell["needle"])
                 results = {}
                 for name in LIBRARY:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DHSAConfig
+from .config import BackendOptions, DHSAConfig
 from .kernels import resolve_backend, run_backend
 from .layout import Layout
 from .methods import Method, get_method
@@ -129,7 +129,7 @@ def _dense(
     sliding_window: int | None,
     softcap: float | None,
     query_block: int,
-    tile_elements: int = DHSAConfig.tile_elements,
+    tile_elements: int = BackendOptions.attention_tile,
 ) -> Tensor:
     """:func:`dense_attention` on inputs a public entry point has checked."""
     q_len, k_len = q.shape[2], k.shape[2]
@@ -209,11 +209,18 @@ def sparse_attention(
             sliding_window=sliding_window,
             softcap=softcap,
             query_block=config.query_block,
-            tile_elements=config.tile_elements,
+            tile_elements=config.backend.attention_tile,
         )
     layout = _select(
         chosen, q, k, config, sliding_window=sliding_window, boundaries=boundaries, scale=scale
     )
     return run_backend(
-        name, q, k, v, layout, scale=scale, softcap=softcap, tile_elements=config.tile_elements
+        name,
+        q,
+        k,
+        v,
+        layout,
+        scale=scale,
+        softcap=softcap,
+        tile_elements=config.backend.attention_tile,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import InitVar, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -89,17 +88,54 @@ class VerticalSlashParams:
         _require_float_in("vertical_slash.slash_share", self.slash_share, 0.0, 1.0, low_open=False)
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    """How the work runs, never what it computes: the same keys are selected and the attention
+    output is the same (up to float rounding) whatever these are; only memory and speed change.
+
+    Each tile bounds one stage's largest temporary tensor, in elements of its own unit:
+
+    - ``attention_tile``: float32 logits per tile of the torch attention backend (its peak extra
+      memory; the flat keyword ``tile_elements``).
+    - ``peak_tile``: elements per tile of the ``peak`` rescoring (per row, every head's chunk
+      logits and the candidates' gathered keys), times ``PEAK_TILE_FACTOR`` of the device
+      (:mod:`dhsa.methods.chunked`).
+    - ``hip_tile``: query-key dot products per tile of query blocks of the ``hip`` search.
+
+    ``triton_fill``: on CUDA, run the prefill's budgeted greedy fill (``dhsa``, ``block_sparse``)
+    as one Triton launch per tile of query blocks instead of tensor operations (same keys kept).
+    Off by default: it shortens the selection at 32K-128K keys (``benchmarks/gpu/README.md``),
+    but each new size class compiles the kernel on first use, and its whole-model effect is not
+    measured yet.
+    """
+
+    attention_tile: int = 1 << 20
+    peak_tile: int = 1 << 20
+    hip_tile: int = 1 << 20
+    triton_fill: bool = False
+
+    def __post_init__(self) -> None:
+        for tile in ("attention_tile", "peak_tile", "hip_tile"):
+            _require_int(f"backend.{tile}", getattr(self, tile), 1 << 12)
+        _require_bool("backend.triton_fill", self.triton_fill)
+
+
 # The DHSAConfig fields that hold a peer method's own parameters, and their types.
 METHOD_RECORDS = {"dash": DashParams, "hip": HipParams, "vertical_slash": VerticalSlashParams}
 
-# DHSAConfig's flat keywords from before the peer methods had records of their own, still
-# accepted (and readable) as keyword -> (record field, parameter).
+# Every DHSAConfig field that holds a record, and its type.
+RECORDS = {**METHOD_RECORDS, "backend": BackendOptions}
+
+# DHSAConfig's flat keywords from before the records, still accepted (and readable) as
+# keyword -> (record field, parameter).
 FLAT_KEYWORDS = {
     "dash_block": ("dash", "block"),
     "dash_sparsity": ("dash", "sparsity"),
     "dash_prior": ("dash", "prior"),
     "hip_block": ("hip", "block"),
     "vs_slash_share": ("vertical_slash", "slash_share"),
+    "tile_elements": ("backend", "attention_tile"),
+    "triton_fill": ("backend", "triton_fill"),
 }
 
 
@@ -119,9 +155,12 @@ class DHSAConfig:
         ``boundary_z`` standard deviations above the sequence's mean shift; chunks are between
         ``min_chunk`` and ``max_chunk`` tokens, at most ``max_chunks`` of them.
       - ``"fixed"``: every ``chunk_size`` tokens.
-      - ``"learned"``: the boundary predictor stored at ``predictor``.
+      - ``"learned"``: the boundary predictor stored at ``predictor``, read when the keys are
+        first chunked (:func:`dhsa.chunking.load_predictor`: FileNotFoundError naming the path
+        and ``dhsa train-predictor`` when it is missing); constructing the config reads no file.
 
-    ``tile_elements`` bounds the torch backend's float32 logits per tile (its peak extra memory).
+    ``backend`` (:class:`BackendOptions`): tile sizes and kernel choices that change memory and
+    speed, never the result.
 
     ``share_boundaries``: in a model, compute boundaries once (first sparse layer) and reuse them in
     every layer, instead of once per layer.
@@ -132,12 +171,6 @@ class DHSAConfig:
     keeps prefill sparse and lets each decode step attend every visible key, as the method's
     original release does; ``benchmarks/accuracy/README.md`` measures what each costs in answers.
 
-    ``triton_fill``: on CUDA, run the prefill's budgeted greedy fill (``dhsa``, ``block_sparse``)
-    as one Triton launch per tile of query blocks instead of tensor operations (same keys kept).
-    Off by default: it shortens the selection at 32K-128K keys (``benchmarks/gpu/README.md``),
-    but each new size class compiles the kernel on first use, and its whole-model effect is not
-    measured yet.
-
     ``scoring``: how ``dhsa`` ranks chunks. ``"peak"`` (default): each query head scores the
     chunks by their mean keys (a per-token attention mass, normalized over the visible keys), the
     best candidates are rescored by their best single key, and a chunk counts with the largest
@@ -147,8 +180,9 @@ class DHSAConfig:
 
     Peer methods read their own records: ``dash`` (:class:`DashParams`), ``hip``
     (:class:`HipParams`) and ``vertical_slash`` (:class:`VerticalSlashParams`). The flat keywords
-    of :data:`FLAT_KEYWORDS` (``dash_block=16``, ``hip_block=8``, ...) are still accepted by the
-    constructor and :meth:`replace`, and read back as attributes.
+    of :data:`FLAT_KEYWORDS` (``dash_block=16``, ``hip_block=8``, ``tile_elements=1 << 22``,
+    ``triton_fill=True``, ...) are still accepted by the constructor and :meth:`replace`, and read
+    back as attributes.
     """
 
     budget: int = 2048
@@ -165,19 +199,20 @@ class DHSAConfig:
     share_boundaries: bool = True
     min_length: int | None = None
     predictor: str | None = None
-    tile_elements: int = 1 << 20
     predictor_threshold: float = 0.0
     sparse_decode: bool = True
-    triton_fill: bool = False
     scoring: str = "peak"
     dash: DashParams = DashParams()
     hip: HipParams = HipParams()
     vertical_slash: VerticalSlashParams = VerticalSlashParams()
+    backend: BackendOptions = BackendOptions()
     dash_block: InitVar[int | None] = None
     dash_sparsity: InitVar[float | None] = None
     dash_prior: InitVar[bool | None] = None
     hip_block: InitVar[int | None] = None
     vs_slash_share: InitVar[float | None] = None
+    tile_elements: InitVar[int | None] = None
+    triton_fill: InitVar[bool | None] = None
 
     def __post_init__(self, *flat: Any) -> None:
         # The flat keywords arrive in the order they are declared, the order of FLAT_KEYWORDS.
@@ -192,14 +227,13 @@ class DHSAConfig:
         _require_int("boundary_window", self.boundary_window, 1, 1024)
         if self.min_length is not None:
             _require_int("min_length", self.min_length, 0)
-        _require_int("tile_elements", self.tile_elements, 1 << 12)
         _require_float("boundary_z", self.boundary_z)
         if self.max_chunks is not None:
             _require_int("max_chunks", self.max_chunks, 1)
         _require_float("predictor_threshold", self.predictor_threshold)
-        for flag in ("share_boundaries", "sparse_decode", "triton_fill"):
+        for flag in ("share_boundaries", "sparse_decode"):
             _require_bool(flag, getattr(self, flag))
-        for name, kind in METHOD_RECORDS.items():
+        for name, kind in RECORDS.items():
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"DHSAConfig.{name} must be a {kind.__name__}")
         if self.scoring not in SCORINGS:
@@ -221,11 +255,6 @@ class DHSAConfig:
         if self.chunker == "learned" and not self.predictor:
             raise ValueError(
                 "DHSAConfig.chunker='learned' needs predictor=PATH to a trained boundary predictor"
-            )
-        if self.predictor is not None and not Path(self.predictor).is_file():
-            raise FileNotFoundError(
-                f"DHSAConfig.predictor={self.predictor!r} is not a file: train one with "
-                "`dhsa train-predictor --model KEY --out FILE` and pass that FILE"
             )
 
     def _fold_flat_keywords(self, flat: dict[str, Any]) -> None:
@@ -260,6 +289,14 @@ class DHSAConfig:
         """A copy with some fields (or flat keywords, :data:`FLAT_KEYWORDS`) changed, validated
         again."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for keyword in changes.keys() & FLAT_KEYWORDS.keys():
+            name, parameter = FLAT_KEYWORDS[keyword]
+            if name not in changes:
+                # The keyword overrides this config's own value: reset it, so that the
+                # constructor takes the keyword instead of refusing a conflict.
+                record = fields[name]
+                default = getattr(type(record)(), parameter)
+                fields[name] = dataclasses.replace(record, **{parameter: default})
         return DHSAConfig(**{**fields, **changes})
 
     @classmethod

@@ -12,6 +12,10 @@ in one of its block's spans, ``j <= position`` (causal) and, with a sliding wind
 ``position - j < W``. A query with no such key outputs zeros.
 
 ``span_bias`` (optional, float32 ``[nnz]``) is added to the logits of every key of a span.
+
+The sizes and rules above (batch, KV heads, query and key lengths, query block, sliding window)
+are the layout's :class:`Geometry`: a selector computes it once (:meth:`Geometry.of`) and every
+constructor takes it whole.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .intmath import ceil_div
+
 
 def query_block_bounds(q_len: int, k_len: int, query_block: int, device: torch.device | str):
     """Absolute key positions ``[starts, ends)`` of the query blocks, int64 ``[num_q_blocks]``."""
-    num_blocks = -(-q_len // query_block)
+    num_blocks = ceil_div(q_len, query_block)
     q_offset = k_len - q_len
     starts = q_offset + torch.arange(num_blocks, device=device, dtype=torch.int64) * query_block
     ends = torch.clamp(starts + query_block, max=k_len)
@@ -32,27 +38,29 @@ def query_block_bounds(q_len: int, k_len: int, query_block: int, device: torch.d
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Key spans per ``(batch, kv_head, query_block)``; see the module docstring.
+class Geometry:
+    """What the rows of a layout are (see the module docstring): ``batch * kv_heads`` sequences
+    of ``num_q_blocks`` blocks of ``query_block`` queries, the last ``q_len`` of ``k_len`` key
+    positions, each seeing at most ``sliding_window`` keys back (None: no window)."""
 
-    Fields: ``offsets`` int64 ``[rows + 1]``, ``starts`` / ``ends`` int32 ``[nnz]`` (key positions,
-    ``end`` exclusive), ``span_bias`` float32 ``[nnz]`` or None, and the geometry.
-    """
-
-    offsets: Tensor
-    starts: Tensor
-    ends: Tensor
     batch: int
     kv_heads: int
     q_len: int
     k_len: int
     query_block: int
     sliding_window: int | None = None
-    span_bias: Tensor | None = None
+
+    @classmethod
+    def of(
+        cls, q: Tensor, k: Tensor, query_block: int, sliding_window: int | None = None
+    ) -> Geometry:
+        """The geometry of queries ``q [B, Hq, Lq, D]`` over keys ``k [B, Hkv, Lk, D]``."""
+        batch, kv_heads, k_len = k.shape[:3]
+        return cls(batch, kv_heads, q.shape[2], k_len, query_block, sliding_window)
 
     @property
     def num_q_blocks(self) -> int:
-        return -(-self.q_len // self.query_block)
+        return ceil_div(self.q_len, self.query_block)
 
     @property
     def num_rows(self) -> int:
@@ -61,6 +69,27 @@ class Layout:
     @property
     def q_offset(self) -> int:
         return self.k_len - self.q_len
+
+    def block_bounds(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """:func:`query_block_bounds` of this geometry's query blocks."""
+        return query_block_bounds(self.q_len, self.k_len, self.query_block, device)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Key spans per ``(batch, kv_head, query_block)``; see the module docstring.
+
+    Fields: ``offsets`` int64 ``[rows + 1]``, ``starts`` / ``ends`` int32 ``[nnz]`` (key positions,
+    ``end`` exclusive), the :class:`Geometry` and ``span_bias`` float32 ``[nnz]`` or None. The
+    geometry's sizes read as the layout's own attributes too (``layout.batch``,
+    ``layout.num_rows``, ...).
+    """
+
+    offsets: Tensor
+    starts: Tensor
+    ends: Tensor
+    geometry: Geometry
+    span_bias: Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -196,41 +225,16 @@ class Layout:
         return cls.from_padded(
             starts.reshape(-1, width),
             ends.reshape(-1, width),
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=1,
-            k_len=k_len,
-            query_block=1,
+            Geometry(batch, kv_heads, q_len=1, k_len=k_len, query_block=1),
         )
 
     @classmethod
     def from_padded(
-        cls,
-        starts: Tensor,
-        ends: Tensor,
-        *,
-        batch: int,
-        kv_heads: int,
-        q_len: int,
-        k_len: int,
-        query_block: int,
-        sliding_window: int | None = None,
-        bias: Tensor | None = None,
+        cls, starts: Tensor, ends: Tensor, geometry: Geometry, *, bias: Tensor | None = None
     ) -> Layout:
         """Build a layout from padded candidate spans ``[rows, M]`` (see :func:`merge_padded`)."""
-        counts, new_starts, new_ends, span_bias = merge_padded(starts, ends, k_len, bias)
-        return cls.from_counts(
-            counts,
-            new_starts,
-            new_ends,
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=query_block,
-            sliding_window=sliding_window,
-            bias=span_bias,
-        )
+        counts, new_starts, new_ends, span_bias = merge_padded(starts, ends, geometry.k_len, bias)
+        return cls.from_counts(counts, new_starts, new_ends, geometry, bias=span_bias)
 
     @classmethod
     def from_counts(
@@ -238,17 +242,12 @@ class Layout:
         counts: Tensor,
         starts: Tensor,
         ends: Tensor,
+        geometry: Geometry,
         *,
-        batch: int,
-        kv_heads: int,
-        q_len: int,
-        k_len: int,
-        query_block: int,
-        sliding_window: int | None = None,
         bias: Tensor | None = None,
     ) -> Layout:
         """Build a layout from spans already in row-major order, ``counts [rows]`` per row."""
-        num_rows = batch * kv_heads * (-(-q_len // query_block))
+        num_rows = geometry.num_rows
         if counts.numel() != num_rows:
             raise ValueError(f"counts has {counts.numel()} rows, the geometry {num_rows}")
         offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=starts.device)
@@ -257,43 +256,18 @@ class Layout:
             offsets=offsets,
             starts=starts.to(torch.int32),
             ends=ends.to(torch.int32),
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=query_block,
-            sliding_window=sliding_window,
+            geometry=geometry,
             span_bias=None if bias is None else bias.float(),
         )
 
     @classmethod
-    def from_key_mask(
-        cls,
-        mask: Tensor,
-        *,
-        batch: int,
-        kv_heads: int,
-        q_len: int,
-        k_len: int,
-        query_block: int,
-        sliding_window: int | None = None,
-    ) -> Layout:
+    def from_key_mask(cls, mask: Tensor, geometry: Geometry) -> Layout:
         """Build a layout from bool ``[rows, k_len]``: each run of kept keys becomes a span."""
         edges = torch.nn.functional.pad(mask.to(torch.int8), (1, 1))
         step = edges[:, 1:] - edges[:, :-1]
         rows, starts = (step == 1).nonzero(as_tuple=True)
         ends = (step == -1).nonzero(as_tuple=True)[1]
-        return cls.from_row_spans(
-            rows,
-            starts,
-            ends,
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=query_block,
-            sliding_window=sliding_window,
-        )
+        return cls.from_row_spans(rows, starts, ends, geometry)
 
     @classmethod
     def from_row_spans(
@@ -301,13 +275,8 @@ class Layout:
         rows: Tensor,
         starts: Tensor,
         ends: Tensor,
+        geometry: Geometry,
         *,
-        batch: int,
-        kv_heads: int,
-        q_len: int,
-        k_len: int,
-        query_block: int,
-        sliding_window: int | None = None,
         bias: Tensor | None = None,
     ) -> Layout:
         """Build a layout from spans tagged with their row, in any row order.
@@ -315,8 +284,7 @@ class Layout:
         Spans of one row must already be sorted and disjoint; they keep their relative order.
         """
         device = starts.device
-        num_blocks = -(-q_len // query_block)
-        num_rows = batch * kv_heads * num_blocks
+        num_rows = geometry.num_rows
         rows = rows.long()
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= num_rows):
             raise ValueError(f"span rows must lie in [0, {num_rows})")
@@ -328,14 +296,30 @@ class Layout:
             offsets=offsets,
             starts=starts[order].to(torch.int32),
             ends=ends[order].to(torch.int32),
-            batch=batch,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            k_len=k_len,
-            query_block=query_block,
-            sliding_window=sliding_window,
+            geometry=geometry,
             span_bias=None if bias is None else bias[order].float(),
         )
+
+
+def _geometry_reader(name: str) -> property:
+    return property(lambda layout: getattr(layout.geometry, name), doc=f"``geometry.{name}``")
+
+
+# The geometry's sizes and rules read as the layout's own attributes, as they did before the
+# geometry was a value of its own.
+for _name in (
+    "batch",
+    "kv_heads",
+    "q_len",
+    "k_len",
+    "query_block",
+    "sliding_window",
+    "num_q_blocks",
+    "num_rows",
+    "q_offset",
+):
+    setattr(Layout, _name, _geometry_reader(_name))
+del _name
 
 
 def _sorted_spans(starts: Tensor, ends: Tensor, k_len: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -30,7 +30,8 @@ q = torch.randn(1, 32, length, 128, device="cuda", dtype=torch.bfloat16)
 k = torch.randn(1, 8, length, 128, device="cuda", dtype=torch.bfloat16)
 config = dhsa.DHSAConfig(budget=2048, min_length=0)
 bounds = compute_boundaries(k, config)
-regions = block_regions(length, length, config.query_block, config.sink, config.local, None, "cuda")
+geometry = dhsa.Geometry.of(q, k, config.query_block)
+regions = block_regions(geometry, config.sink, config.local, "cuda")
 q_rep = query_block_representations(q, 8, config.query_block, "sqrt")
 k_rep = chunk_representations(k, bounds, "sqrt")
 
@@ -42,10 +43,7 @@ def fill(use_triton=None):
         bounds,
         regions,
         budget=config.budget,
-        q_len=length,
-        k_len=length,
-        query_block=config.query_block,
-        sliding_window=None,
+        geometry=geometry,
         use_triton=use_triton,
     )
 

@@ -57,7 +57,9 @@ def _sparse_preparer(method: str):
             return select(q, k, config, method=method)
 
         def run_on(layout: Layout) -> Tensor:
-            return attend(q, k, v, layout, backend=backend, tile_elements=config.tile_elements)
+            return attend(
+                q, k, v, layout, backend=backend, tile_elements=config.backend.attention_tile
+            )
 
         layout = selection()
         return Prepared(

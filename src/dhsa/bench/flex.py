@@ -20,13 +20,14 @@ from torch import Tensor
 
 from ..attention import select
 from ..config import DHSAConfig
+from ..intmath import ceil_div
 from ..layout import Layout, query_block_bounds
 from .contenders import Contender, Prepared, register_contender
 
 
 def touched_blocks(layout: Layout, block: int) -> Tensor:
     """Bool ``[rows, ceil(k_len / block)]``: the key blocks each layout row's spans touch."""
-    num_blocks = -(-layout.k_len // block)
+    num_blocks = ceil_div(layout.k_len, block)
     rows = layout.row_ids()
     first = layout.starts.long() // block
     last = (layout.ends.long() - 1) // block
@@ -48,16 +49,7 @@ def blocks_layout(touched: Tensor, like: Layout, block: int) -> Layout:
     offsets[1:] = touched.sum(dim=1).cumsum(0)
     starts = (blocks * block).to(torch.int32)
     ends = torch.clamp((blocks + 1) * block, max=like.k_len).to(torch.int32)
-    return Layout(
-        offsets=offsets,
-        starts=starts,
-        ends=ends,
-        batch=like.batch,
-        kv_heads=like.kv_heads,
-        q_len=like.q_len,
-        k_len=like.k_len,
-        query_block=like.query_block,
-    )
+    return Layout(offsets=offsets, starts=starts, ends=ends, geometry=like.geometry)
 
 
 def _indices(selected: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,7 +67,7 @@ def block_mask_from_layout(layout: Layout, q_heads: int):
         raise ValueError("the FlexAttention peer takes plain causal layouts only")
     block = layout.query_block
     touched = touched_blocks(layout, block)
-    q_starts, _ = query_block_bounds(layout.q_len, layout.k_len, block, layout.device)
+    q_starts, _ = layout.geometry.block_bounds(layout.device)
     block_ends = (torch.arange(touched.shape[1], device=layout.device) + 1) * block
     full_ok = block_ends[None, :] <= q_starts.repeat(layout.batch * layout.kv_heads)[:, None] + 1
     shape = (layout.batch, layout.kv_heads, layout.num_q_blocks, touched.shape[1])

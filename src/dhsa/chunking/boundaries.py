@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..intmath import ceil_div
+
 
 def pad_boundaries(per_batch: list[Tensor], length: int) -> Tensor:
     """Stack 1-D boundary vectors of several lengths into ``[B, N + 1]``, padded with ``length``."""
@@ -24,7 +26,7 @@ def split_long(bounds: Tensor, max_chunk: int) -> Tensor:
     """Split every chunk of a 1-D boundary vector longer than ``max_chunk`` into equal parts."""
     starts = bounds[:-1]
     lengths = bounds[1:] - starts
-    pieces = torch.clamp(-(-lengths // max_chunk), min=1)
+    pieces = torch.clamp(ceil_div(lengths, max_chunk), min=1)
     chunk_of_piece = torch.repeat_interleave(
         torch.arange(len(starts), device=bounds.device), pieces
     )

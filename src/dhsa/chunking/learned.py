@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..intmath import ceil_div
 from .boundaries import pad_boundaries, split_long
 from .similarity import pick_peaks
 
@@ -170,7 +171,7 @@ def learned_boundaries(
     logits = cut_logits(k, predictor)
     max_peaks = None
     if max_chunks is not None:
-        max_peaks = max(max_chunks - 1 - (-(-length // max_chunk)), 0)
+        max_peaks = max(max_chunks - 1 - ceil_div(length, max_chunk), 0)
     per_batch = []
     for b in range(batch):
         cuts = pick_peaks(logits[b], length, min_chunk, 0.0, max_peaks, threshold=threshold)

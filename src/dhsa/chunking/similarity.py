@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..intmath import ceil_div
 from .boundaries import pad_boundaries, split_long
 
 
@@ -96,7 +97,7 @@ def similarity_boundaries(
     scores = shift_scores(k, window)
     max_peaks = None
     if max_chunks is not None:
-        max_peaks = max(max_chunks - 1 - (-(-length // max_chunk)), 0)
+        max_peaks = max(max_chunks - 1 - ceil_div(length, max_chunk), 0)
     per_batch = []
     for b in range(batch):
         cuts = pick_peaks(scores[b], length, min_chunk, z, max_peaks)

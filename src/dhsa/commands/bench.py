@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..bench.presets import MODEL_SIZES, PRESETS
 from ..cli import CommandError
+from ..config import CHUNKERS
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -44,7 +45,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--repeats", type=int)
     p.add_argument("--backend", default="auto", help="auto, torch, triton or reference")
     p.add_argument("--inputs", help="recorded q/k/v (.pt with keys q, k, v) instead of random")
-    p.add_argument("--chunker", choices=["similarity", "fixed", "learned"])
+    p.add_argument(
+        "--chunker",
+        choices=CHUNKERS,
+        default="similarity",
+        help="dhsa chunker (default %(default)s)",
+    )
     p.add_argument("--predictor", help="boundary predictor file for --chunker learned")
     p.add_argument(
         "--triton-fill",
@@ -75,7 +81,9 @@ def add_parser(subparsers) -> None:
         default=16,
         help="with --decode / --model: tokens decoded per case (default 16)",
     )
-    p.set_defaults(run=run)
+    # The sparse contenders keep the dense threshold measured for the device (DHSAConfig's
+    # default; the kernel and decode benches time below it anyway).
+    p.set_defaults(run=run, min_length=None)
 
 
 def _preset_from_args(args):
@@ -187,14 +195,10 @@ def run_model(args, preset, config) -> int:
 
 
 def run(args) -> int:
-    from ..config import DHSAConfig
+    from ..eval.options import base_config
 
     preset = _preset_from_args(args)
-    config = DHSAConfig()
-    if args.chunker:
-        config = config.replace(chunker=args.chunker, predictor=args.predictor)
-    if args.triton_fill:
-        config = config.replace(triton_fill=True)
+    config = base_config(args)
     for budget in preset.budgets:
         config.replace(budget=budget)  # a budget below the fixed part is refused before any run
     if args.decode:

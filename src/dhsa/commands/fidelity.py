@@ -61,11 +61,11 @@ def run(args) -> int:
     from ..eval.niah import niah_sample
     from ..eval.options import (
         base_config,
-        method_label,
         model_label,
         open_model,
         parse_lengths,
         parse_names,
+        recorded_name,
     )
     from ..eval.results import ResultStore, describe_device, write_json
     from ..eval.summary import format_table
@@ -97,16 +97,7 @@ def run(args) -> int:
         boundaries=args.boundaries,
         max_query_blocks=args.max_query_blocks,
     )
-    label = {
-        m: method_label(
-            m,
-            config.chunker,
-            config.share_boundaries,
-            boundary_z=config.boundary_z,
-            chunk_range=(config.min_chunk, config.max_chunk),
-        )
-        for m in methods
-    }
+    label = {m: recorded_name(m, config) for m in methods}
     passes = [(n, b, i) for n in sorted(lengths) for b in budgets for i in range(args.samples)]
     for length, budget, index in tqdm(passes, disable=args.no_progress, desc="prefills"):
         base = {

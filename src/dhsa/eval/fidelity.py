@@ -30,7 +30,7 @@ from ..attention import dense_attention, select
 from ..chunking import compute_boundaries
 from ..config import DHSAConfig
 from ..kernels import attend
-from ..layout import Layout
+from ..layout import Layout, query_block_bounds
 from .options import split_method
 from .results import ResultStore, mean_by
 
@@ -41,9 +41,8 @@ FIDELITY_ATTENTION = "dhsa_fidelity"
 
 def evaluated_blocks(q_len: int, k_len: int, config: DHSAConfig, max_blocks: int) -> Tensor:
     """Query blocks (int64 indices) whose first key position is at least ``config.budget``."""
-    bq = config.query_block
-    num_blocks = -(-q_len // bq)
-    starts = (k_len - q_len) + torch.arange(num_blocks) * bq
+    starts, _ = query_block_bounds(q_len, k_len, config.query_block, "cpu")
+    num_blocks = starts.numel()
     candidates = torch.nonzero(starts >= config.budget).flatten()
     if candidates.numel() == 0:
         candidates = torch.arange(num_blocks)

@@ -86,6 +86,7 @@ def add_model_options(
     if decode:
         p.add_argument(
             "--decode",
+            dest="decode_steps",  # not `decode`: dhsa bench's --decode is a mode of its own
             choices=["sparse", "dense"],
             default="sparse",
             help="decode steps select like prefill, or attend every key (only "
@@ -111,23 +112,32 @@ def split_method(name: str) -> tuple[str, str | None]:
 
 
 def base_config(args) -> DHSAConfig:
-    """The dhsa configuration the options of an eval command or ``dhsa generate`` ask for (an
-    option the command lacks keeps its default; ``min_length`` is 0 unless ``--min-length``);
+    """The dhsa configuration the options of a command ask for: the one mapping from options to
+    :class:`DHSAConfig` fields of the eval commands, ``dhsa generate`` and ``dhsa bench``. An
+    option the command lacks keeps the field's default, except ``min_length``: 0 unless the
+    command sets ``args.min_length`` (an option, or a parser default);
     ValueError for a predictor without ``--chunker learned`` (it would be ignored) or a learned
-    chunker without a predictor."""
+    chunker without a predictor. The predictor file is read here, before any model is loaded:
+    FileNotFoundError when it is missing, ValueError when it is not a predictor."""
     predictor = getattr(args, "predictor", None)
-    if predictor and args.chunker != "learned":
-        raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
+    chunker = getattr(args, "chunker", DHSAConfig.chunker)
+    if predictor and chunker != "learned":
+        raise ValueError(f"--predictor is used only with --chunker learned, not {chunker!r}")
+    if predictor:
+        from ..chunking import load_predictor
+
+        load_predictor(predictor)
     min_chunk, max_chunk = parse_chunk_range(getattr(args, "chunk_range", None))
     return DHSAConfig(
-        chunker=args.chunker,
+        chunker=chunker,
         predictor=predictor,
         min_length=getattr(args, "min_length", 0),
-        share_boundaries=args.boundaries == "shared",
-        sparse_decode=getattr(args, "decode", "sparse") == "sparse",
+        share_boundaries=getattr(args, "boundaries", "shared") == "shared",
+        sparse_decode=getattr(args, "decode_steps", "sparse") == "sparse",
         boundary_z=getattr(args, "boundary_z", DHSAConfig.boundary_z),
         min_chunk=min_chunk,
         max_chunk=max_chunk,
+        triton_fill=getattr(args, "triton_fill", False),
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..intmath import ceil_div
+
 
 @dataclass(frozen=True)
 class FillRegions:
@@ -59,4 +61,4 @@ def chunks_taken_bound(remaining: int, shortest: int) -> int:
     """How many chunks one block's fill can touch when ``remaining`` keys are left for chunks and
     no chunk is shorter than ``shortest``: at most two cut short by the candidate region's edges,
     every other one at least ``shortest`` long."""
-    return max(1, -(-remaining // max(shortest, 1)) + 2)
+    return max(1, ceil_div(remaining, max(shortest, 1)) + 2)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..intmath import ceil_div
 from ..layout import Layout
 
 
@@ -20,7 +21,7 @@ def _rows_of_queries(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
     """``[B, Hq, Lq, D]`` -> ``[rows, G * query_block, D]`` in layout row order (zero padded)."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // kv_heads
-    num_blocks = -(-q_len // query_block)
+    num_blocks = ceil_div(q_len, query_block)
     grouped = q.view(batch, kv_heads, group, q_len, dim)
     grouped = F.pad(grouped, (0, 0, 0, num_blocks * query_block - q_len))
     grouped = grouped.view(batch, kv_heads, group, num_blocks, query_block, dim)

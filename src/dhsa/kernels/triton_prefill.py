@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..intmath import ceil_div
 from ..layout import Layout
 from .triton_common import (
     attend_stream,
@@ -172,8 +173,8 @@ def launch_prefill(
     tiles = tiles or default_tiles(dim, group, bq)
     row_stream, key_pos, key_bias = key_stream(layout)
     out = torch.empty_like(q) if out is None else out
-    q_parts = -(-bq // tiles.qrows)
-    head_parts = -(-group // tiles.heads)
+    q_parts = ceil_div(bq, tiles.qrows)
+    head_parts = ceil_div(group, tiles.heads)
     block_m = max(16, triton.next_power_of_2(tiles.heads * tiles.qrows))
     qk_scale, cap_in, cap_out = logit_constants(scale, softcap)
     grid = (layout.num_rows, head_parts * q_parts)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..chunking import check_boundaries, compute_boundaries, fixed_boundaries
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..layout import Geometry, Layout
 from .greedy import greedy_layout
 from .regions import block_regions
 from .scoring import (
@@ -25,7 +25,7 @@ from .scoring import (
 )
 
 # One tile of the ``peak`` rescoring gathers the keys of its rows' candidates: up to this many
-# times ``DHSAConfig.tile_elements`` elements (a stage-2 row is longer than a row of scores). On
+# times ``DHSAConfig.backend.peak_tile`` elements (a stage-2 row is longer than a row of scores). On
 # the GPU a tile of one row per launch sequence is launch-bound (benchmarks/gpu/
 # selection_cost.jsonl: 1.26 s at 32K keys), so tiles there may be 32 times larger.
 PEAK_TILE_FACTOR = {"cpu": 8, "cuda": 256}
@@ -43,10 +43,8 @@ def chunk_select(
     scale: float | None = None,
 ) -> Layout:
     """Score the chunks ``bounds`` of ``k`` against query blocks of ``q`` and fill the budget."""
-    q_len, k_len = q.shape[2], k.shape[2]
-    regions = block_regions(
-        q_len, k_len, config.query_block, config.sink, config.local, sliding_window, k.device
-    )
+    geometry = Geometry.of(q, k, config.query_block, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     q_rep = query_block_representations(q, k.shape[1], config.query_block, norm)
     k_rep = chunk_representations(k, bounds, norm)
     tiles = None
@@ -58,11 +56,8 @@ def chunk_select(
         bounds,
         regions,
         budget=config.budget,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=config.query_block,
-        sliding_window=sliding_window,
-        use_triton=None if config.triton_fill else False,
+        geometry=geometry,
+        use_triton=None if config.backend.triton_fill else False,
         score_tiles=tiles,
     )
 
@@ -82,7 +77,7 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     per_slot = 1 if triton_peak_usable(k.device, dim) else dim + head_q.shape[2] + 4
     per_row = k.shape[0] * kv_heads * (width * per_slot + 2 * head_q.shape[2] * lo.shape[1])
     factor = PEAK_TILE_FACTOR.get(k.device.type, PEAK_TILE_FACTOR["cpu"])
-    tile = max(1, factor * config.tile_elements // max(per_row, 1))
+    tile = max(1, factor * config.backend.peak_tile // max(per_row, 1))
     num_blocks = head_q.shape[3]
     # The last query block's own exact attention (the question, in a prompt) adds its chunks.
     # A single query is a decode step, which scores as decode does (without its exact attention).

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..chunking import fixed_boundaries
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..layout import Geometry, Layout
 from ..validation import NonFiniteInputError
 from .entmax import entmax15
 from .regions import block_regions
@@ -40,9 +40,8 @@ def dash_probabilities(
     candidate region (blocks with none get ``p = 0``).
     """
     batch, kv_heads, k_len, _ = k.shape
-    regions = block_regions(
-        q.shape[2], k_len, config.query_block, config.sink, config.local, sliding_window, k.device
-    )
+    geometry = Geometry.of(q, k, config.query_block, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     bounds = fixed_boundaries(batch, k_len, config.dash.block, k.device)
     lo = torch.maximum(bounds[0, None, :-1], regions.candidate_start[:, None])
     hi = torch.minimum(bounds[0, None, 1:], regions.candidate_end[:, None])
@@ -72,13 +71,11 @@ def select_dash(
 
     With ``config.dash.prior`` the layout carries ``span_bias = log p`` per kept block.
     """
-    batch, kv_heads, k_len, dim = k.shape
-    q_len = q.shape[2]
+    batch, kv_heads, _, dim = k.shape
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     probs, cost = dash_probabilities(q, k, config, sliding_window=sliding_window, scale=scale)
-    regions = block_regions(
-        q_len, k_len, config.query_block, config.sink, config.local, sliding_window, k.device
-    )
+    geometry = Geometry.of(q, k, config.query_block, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     num_blocks = probs.shape[-1]
     room = (config.budget - regions.fixed_cost).clamp(min=0)[None, None, :, None]
     # Kept blocks in descending probability until the budget: the last one cut to what fits.
@@ -104,12 +101,7 @@ def select_dash(
     return Layout.from_padded(
         starts.reshape(-1, width),
         ends.reshape(-1, width),
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=config.query_block,
-        sliding_window=sliding_window,
+        geometry,
         bias=bias,
     )
 

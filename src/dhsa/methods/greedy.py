@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..fill import FillRegions, chunks_taken_bound, greedy_fill, triton_fill_usable
-from ..layout import Layout
+from ..layout import Geometry, Layout
 from ..validation import NonFiniteInputError
 from .regions import BlockRegions
 
@@ -30,10 +30,7 @@ def greedy_layout(
     regions: BlockRegions,
     *,
     budget: int,
-    q_len: int,
-    k_len: int,
-    query_block: int,
-    sliding_window: int | None,
+    geometry: Geometry,
     tile_elements: int = 1 << 24,
     use_triton: bool | None = None,
     score_tiles=None,
@@ -41,7 +38,8 @@ def greedy_layout(
     """Layout keeping sink + window + the best-scoring chunks within ``budget`` keys per block.
 
     ``q_rep [B, Hkv, NQB, D]`` and ``k_rep [B, Hkv, N, D]`` (float32) are scored by dot product;
-    ``bounds [B, N + 1]`` (int64) gives each chunk's keys. Raises :class:`NonFiniteInputError`
+    ``bounds [B, N + 1]`` (int64) gives each chunk's keys; ``regions`` are those of the query
+    blocks of ``geometry``, the layout's. Raises :class:`NonFiniteInputError`
     when a representation is NaN or Inf (some query or key was) or a score overflows.
 
     Every tile of query blocks writes its spans into one padded ``[B, Hkv, NQB, width]`` buffer,
@@ -76,18 +74,7 @@ def greedy_layout(
         if int(status[1]):
             raise RuntimeError("the fill took more chunks than the sure bound allows")
     keep = ends > starts
-    batch, kv_heads = q_rep.shape[:2]
-    return Layout.from_counts(
-        keep.sum(-1).reshape(-1),
-        starts[keep],
-        ends[keep],
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=query_block,
-        sliding_window=sliding_window,
-    )
+    return Layout.from_counts(keep.sum(-1).reshape(-1), starts[keep], ends[keep], geometry)
 
 
 def _score_tiles(q_rep: Tensor, k_rep: Tensor, tile_elements: int):

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..intmath import ceil_div
+from ..layout import Geometry, Layout
 from ..validation import NonFiniteInputError
 from .regions import BlockRegions, block_regions
 
@@ -30,7 +31,7 @@ def _padded_query_blocks(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
     that one head looks for keeps its score instead of being averaged away by the others."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // kv_heads
-    num_blocks = -(-q_len // query_block)
+    num_blocks = ceil_div(q_len, query_block)
     rows = torch.clamp(torch.arange(num_blocks * query_block, device=q.device), max=q_len - 1)
     x = q[:, :, rows].float().view(batch, kv_heads, group, num_blocks, query_block, dim)
     x = x.permute(0, 1, 3, 2, 4, 5)
@@ -98,8 +99,9 @@ def select_hip(
 ) -> Layout:
     """HiP layout for ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]`` (see the module docstring)."""
     batch, kv_heads, k_len, dim = k.shape
-    q_len, bq, rep = q.shape[2], config.query_block, config.hip.block
-    regions = block_regions(q_len, k_len, bq, config.sink, config.local, sliding_window, k.device)
+    bq, rep = config.query_block, config.hip.block
+    geometry = Geometry.of(q, k, bq, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     queries = _padded_query_blocks(q, kv_heads, bq)
     keys = k.reshape(batch * kv_heads, k_len, dim).float()
     if not (bool(torch.isfinite(queries).all()) and bool(torch.isfinite(keys).all())):
@@ -111,7 +113,7 @@ def select_hip(
     fixed_starts, fixed_ends = regions.fixed_spans()
     num_blocks = regions.block_start.numel()
     width = queries.shape[2]
-    tile = max(1, config.tile_elements // max(batch * kv_heads * 2 * keep * rep * width, 1))
+    tile = max(1, config.backend.hip_tile // max(batch * kv_heads * 2 * keep * rep * width, 1))
     starts, ends = [], []
     for t0 in range(0, num_blocks, tile):
         t1 = min(t0 + tile, num_blocks)
@@ -123,12 +125,7 @@ def select_hip(
     return Layout.from_padded(
         torch.cat(starts, dim=1).reshape(-1, width),
         torch.cat(ends, dim=1).reshape(-1, width),
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=bq,
-        sliding_window=sliding_window,
+        geometry,
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..layout import Geometry, Layout
 from ..validation import check_finite
 from .regions import block_regions
 
@@ -36,7 +36,8 @@ def select_oracle_topk(
     group = q_heads // kv_heads
     bq = config.query_block
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
-    regions = block_regions(q_len, k_len, bq, config.sink, config.local, sliding_window, k.device)
+    geometry = Geometry.of(q, k, bq, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     num_blocks = regions.block_start.numel()
     k_pos = torch.arange(k_len, device=k.device)
     selected = torch.zeros(batch, kv_heads, num_blocks, k_len, dtype=torch.bool, device=k.device)
@@ -61,12 +62,4 @@ def select_oracle_topk(
             best = mass.masked_fill(~candidate, -torch.inf).topk(picks, dim=-1).indices
             chosen.scatter_(-1, best, True)
         selected[:, :, qb] = chosen
-    return Layout.from_key_mask(
-        selected.view(-1, k_len),
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=bq,
-        sliding_window=sliding_window,
-    )
+    return Layout.from_key_mask(selected.view(-1, k_len), geometry)

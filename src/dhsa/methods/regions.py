@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..fill import FillRegions
-from ..layout import query_block_bounds
+from ..layout import Geometry
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,11 @@ def _regions(block_start, block_end, sink: int, local: int, sliding_window: int 
     )
 
 
-def block_regions(
-    q_len: int,
-    k_len: int,
-    query_block: int,
-    sink: int,
-    local: int,
-    sliding_window: int | None,
-    device,
-) -> BlockRegions:
-    """Sink, window and candidate regions of every query block (see :class:`BlockRegions`)."""
-    block_start, block_end = query_block_bounds(q_len, k_len, query_block, device)
-    return _regions(block_start, block_end, sink, local, sliding_window)
+def block_regions(geometry: Geometry, sink: int, local: int, device) -> BlockRegions:
+    """Sink, window and candidate regions of every query block of ``geometry`` (see
+    :class:`BlockRegions`)."""
+    block_start, block_end = geometry.block_bounds(device)
+    return _regions(block_start, block_end, sink, local, geometry.sliding_window)
 
 
 def last_query_regions(k_len: int, sink: int, local: int) -> BlockRegions:

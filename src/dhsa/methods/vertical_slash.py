@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..config import DHSAConfig
-from ..layout import Layout
+from ..intmath import ceil_div
+from ..layout import Geometry, Layout
 from ..validation import NonFiniteInputError
 from .regions import BlockRegions, block_regions
 
@@ -37,7 +38,7 @@ def last_block_profiles(
     batch, q_heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
-    n = q_len - (-(-q_len // query_block) - 1) * query_block
+    n = q_len - (ceil_div(q_len, query_block) - 1) * query_block
     last = q[:, :, q_len - n :].float().reshape(batch, kv_heads, group * n, dim)
     logits = (last @ k.float().transpose(-1, -2)) * scale
     q_pos = (k_len - n + torch.arange(n, device=q.device)).repeat(group)
@@ -84,9 +85,10 @@ def select_vertical_slash(
 ) -> Layout:
     """Vertical-slash layout for ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]`` (module docstring)."""
     batch, kv_heads, k_len, dim = k.shape
-    q_len, bq = q.shape[2], config.query_block
+    bq = config.query_block
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
-    regions = block_regions(q_len, k_len, bq, config.sink, config.local, sliding_window, k.device)
+    geometry = Geometry.of(q, k, bq, sliding_window)
+    regions = block_regions(geometry, config.sink, config.local, k.device)
     vertical, slash = last_block_profiles(q, k, bq, scale, sliding_window)
     room = int((config.budget - regions.fixed_cost).min())
     num_slash = int(config.vertical_slash.slash_share * room) // bq
@@ -112,12 +114,7 @@ def select_vertical_slash(
     return Layout.from_padded(
         starts.reshape(-1, starts.shape[-1]),
         ends.reshape(-1, ends.shape[-1]),
-        batch=batch,
-        kv_heads=kv_heads,
-        q_len=q_len,
-        k_len=k_len,
-        query_block=bq,
-        sliding_window=sliding_window,
+        geometry,
     )
 
 
