@@ -20,6 +20,7 @@ from triton.testing import do_bench
 
 import dhsa
 from dhsa.chunking import compute_boundaries
+from dhsa.layout import Geometry
 from dhsa.methods.chunked import _peak_tiles
 from dhsa.methods.regions import block_regions
 from dhsa.methods.scoring import chunk_representations
@@ -27,12 +28,11 @@ from dhsa.methods.scoring import chunk_representations
 
 def peak_stages(config, q, k) -> dict:
     """Milliseconds of each stage of a ``peak`` selection, each timed alone."""
-    length = k.shape[2]
     scale = q.shape[-1] ** -0.5
     bounds = compute_boundaries(k, config)
     means = chunk_representations(k, bounds, "mean")
     regions = block_regions(
-        length, length, config.query_block, config.sink, config.local, None, k.device
+        Geometry.of(q, k, config.query_block), config.sink, config.local, k.device
     )
 
     def scores():
