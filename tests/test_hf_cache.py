@@ -105,3 +105,37 @@ def test_non_finite_decode_input_raises_with_either_cache(cache):
         with pytest.raises(dhsa.NonFiniteInputError):
             model(ids[:, :1] * 0 + poisoned, cache=prefix.cache)
     assert binding._non_finite is None, "a raised check must not carry over to the next step"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_compiled_static_cache_decode_gives_the_eager_tokens(arch):
+    """Both transformers recipes: ``compile_config`` in ``generate`` and a compiled forward."""
+    from transformers import CompileConfig
+
+    model, _ = tiny_model(arch)
+    dhsa.configure(model, SMALL)
+    ids = prompt(75)
+    eager_seq, eager_steps = greedy(model, ids, steps=6, cache_implementation="static")
+    torch._dynamo.reset()
+    config = CompileConfig(backend="aot_eager", fullgraph=False, mode=None)
+    config._compile_all_devices = True  # transformers compiles on accelerators only by default
+    seq, steps = greedy(model, ids, steps=6, cache_implementation="static", compile_config=config)
+    assert hasattr(model, "_compiled_call"), "generate did not compile the decode step"
+    assert torch.equal(seq, eager_seq)
+    torch.testing.assert_close(steps, eager_steps, rtol=1e-5, atol=1e-5)
+    model.forward = torch.compile(model.forward, backend="aot_eager")
+    seq, _ = greedy(model, ids, steps=6, cache_implementation="static", disable_compile=True)
+    assert torch.equal(seq, eager_seq)
+
+
+def test_compiled_decode_breaks_the_graph_only_at_the_attention():
+    model, _ = tiny_model("llama")
+    dhsa.configure(model, SMALL)
+    cache = StaticCache(config=model.config, max_cache_len=96)
+    with torch.no_grad():
+        token = model(prompt(75), cache=cache, use_cache=True).logits[:, -1:].argmax(dim=-1)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model.forward)(token, cache=cache, use_cache=True)
+    assert explained.graph_break_count >= 1
+    for reason in explained.break_reasons:
+        assert "attention_forward" in reason.reason, reason.reason
