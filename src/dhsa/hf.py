@@ -445,7 +445,15 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
             q, k, chosen, layer=layer, row=row, norm=norm, scale=scale
         )
         return attend_decode(
-            q, k, v, starts, ends, scale=scale, softcap=softcap, backend=binding.backend
+            q,
+            k,
+            v,
+            starts,
+            ends,
+            scale=scale,
+            softcap=softcap,
+            backend=binding.backend,
+            max_keys=config.budget,
         )
     boundaries = None
     if q_len > 1:

@@ -98,6 +98,7 @@ def attend_decode(
     softcap: float | None = None,
     backend: str = "auto",
     page_table: Tensor | None = None,
+    max_keys: int | None = None,
 ) -> Tensor:
     """Attention of one query per sequence over padded key spans: the sparse decode step.
 
@@ -105,8 +106,9 @@ def attend_decode(
     ``starts, ends`` (integer ``[B, Hkv, S]``) are disjoint spans of keys up to the query, empty
     where ``end <= start`` (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them). The
     Triton backend reads the spans as they are, with no device-to-host synchronization; the torch
-    backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`); the reference attends them
-    as a layout. Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
+    backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`), without reading the device
+    when ``max_keys`` bounds a row's keys (the budget); the reference attends them as a layout.
+    Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
 
     Paged cache: with ``page_table`` (int32 ``[B, max_pages]``), ``k, v`` are pools
     ``[num_pages, page_size, Hkv, D]``, the page layout of vLLM and FlashInfer ("NHD"): positions
@@ -137,7 +139,15 @@ def attend_decode(
         )
     if name == "torch":
         return attend_decode_torch(
-            q, k, v, starts, ends, scale=scale, softcap=softcap, page_table=page_table
+            q,
+            k,
+            v,
+            starts,
+            ends,
+            scale=scale,
+            softcap=softcap,
+            page_table=page_table,
+            max_keys=max_keys,
         )
     if page_table is not None:
         raise ValueError("the reference backend takes a contiguous cache; use 'torch' for pages")

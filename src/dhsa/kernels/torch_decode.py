@@ -49,14 +49,17 @@ def attend_decode_torch(
     scale: float,
     softcap: float | None = None,
     page_table: Tensor | None = None,
+    max_keys: int | None = None,
 ) -> Tensor:
     """Attention of ``q [B, Hq, 1, D]`` over the keys ``[start, end)`` of each ``(batch, kv_head)``.
 
     ``k, v [B, Hkv, Lk, D]``, or with ``page_table [B, max_pages]`` the paged pools
     ``[num_pages, page_size, Hkv, D]`` (see the module docstring; spans must lie within the
     table's pages); ``starts, ends`` integer ``[B, Hkv, S]``, disjoint spans, empty where
-    ``end <= start``. Logits and softmax in float32 (products in float32 on CPU, in the input
-    dtype on GPU). Returns ``[B, Hq, 1, D]`` in ``q.dtype``; a row with no key gives zeros.
+    ``end <= start``. ``max_keys`` bounds the keys of a row (e.g. the selection's budget): with
+    it nothing waits for the device; without it the widest row is read back. Logits and softmax
+    in float32 (products in float32 on CPU, in the input dtype on GPU). Returns
+    ``[B, Hq, 1, D]`` in ``q.dtype``; a row with no key gives zeros.
     """
     batch, q_heads, _, dim = q.shape
     kv_heads = k.shape[2] if page_table is not None else k.shape[1]
@@ -66,7 +69,7 @@ def attend_decode_torch(
     lengths = (ends.reshape(rows, -1).long() - starts).clamp(min=0)
     through = lengths.cumsum(dim=1)
     counts = through[:, -1]
-    width = max(int(counts.max()), 1)
+    width = max(int(counts.max()) if max_keys is None else max_keys, 1)
     column = torch.arange(width, device=q.device).expand(rows, -1).contiguous()
     span = torch.searchsorted(through, column, right=True).clamp(max=lengths.shape[1] - 1)
     before = through.gather(1, span) - lengths.gather(1, span)
