@@ -128,14 +128,35 @@ def test_compiled_static_cache_decode_gives_the_eager_tokens(arch):
     assert torch.equal(seq, eager_seq)
 
 
-def test_compiled_decode_breaks_the_graph_only_at_the_attention():
-    model, _ = tiny_model("llama")
-    dhsa.configure(model, SMALL)
+def _explain_decode_step(model):
     cache = StaticCache(config=model.config, max_cache_len=96)
     with torch.no_grad():
         token = model(prompt(75), cache=cache, use_cache=True).logits[:, -1:].argmax(dim=-1)
         torch._dynamo.reset()
-        explained = torch._dynamo.explain(model.forward)(token, cache=cache, use_cache=True)
+        return torch._dynamo.explain(model.forward)(token, cache=cache, use_cache=True)
+
+
+def test_compiled_sparse_decode_breaks_the_graph_only_at_the_selection():
+    model, _ = tiny_model("llama")
+    dhsa.configure(model, SMALL)
+    explained = _explain_decode_step(model)
     assert explained.graph_break_count >= 1
     for reason in explained.break_reasons:
-        assert "attention_forward" in reason.reason, reason.reason
+        assert "_attention_eager" in reason.reason, reason.reason
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
+def test_compiled_dense_decode_has_no_graph_break_and_equals_reference(arch):
+    """Below ``min_length`` (and on windows within the budget) a step attends under the mask."""
+    model, _ = tiny_model(arch)
+    ids = prompt(75)
+    ref_seq, ref_steps = greedy(model, ids, steps=6, cache_implementation="static")
+    dhsa.configure(model, SMALL.replace(min_length=1000))
+    seq, steps = greedy(model, ids, steps=6, cache_implementation="static")
+    assert torch.equal(seq, ref_seq)
+    torch.testing.assert_close(steps, ref_steps, rtol=1e-5, atol=1e-5)
+    assert _explain_decode_step(model).graph_break_count == 0
+    padded = torch.cat([torch.zeros(1, 9, dtype=torch.long), ids], dim=1)
+    mask = (padded != 0).long()
+    row_seq, _ = greedy(model, padded, steps=6, attention_mask=mask, cache_implementation="static")
+    assert torch.equal(row_seq[:, 9:], ref_seq)

@@ -29,9 +29,11 @@ Non-finite inputs: a prefill call checks its queries and new keys at once; decod
 the check on the device and read it once per token, at the model's last layer, so a step costs
 no device-to-host synchronization per layer for it.
 
-``torch.compile``: the attention runs eagerly inside a compiled model (its decode selection keeps
-Python state per layer), so the rest of the model compiles around it; the tokens are those of the
-eager model.
+``torch.compile`` (e.g. transformers' static cache with ``compile_config``): a decode step that
+runs dense whatever the written length (dense layers, windows within the budget, caches shorter
+than ``min_length``) attends under the mask and compiles with the model, with no graph break; the
+sparse selection keeps Python state per layer and runs eagerly, the graph breaking around it.
+The tokens are those of the eager model.
 
 Not honoured, and refused with a ValueError: dropout, ``output_attentions``, non-causal or custom
 masks (packed sequences, bidirectional or block overlays), 4-D masks, right or inner padding,
@@ -332,7 +334,6 @@ def _check_call(module, query, key, attention_mask, dropout, kwargs) -> None:
         )
 
 
-@torch.compiler.disable(reason="dhsa decode selection keeps Python state per layer")
 def attention_forward(
     module: torch.nn.Module,
     query: Tensor,
@@ -351,18 +352,75 @@ def attention_forward(
     ``G = module.num_key_value_groups``), queries being the last ``Lq`` of the keys that
     ``attention_mask`` marks written (all ``Lk`` without a mask); ``attention_mask`` is None or the
     bool ``[B, Lk]`` key mask from :func:`padding_mask`. Returns ``([B, Lq, Hq, D], None)``.
+
+    A decode step that runs dense whatever the written length (a dense layer, a window within
+    the budget, a cache shorter than ``min_length``) attends under the mask with no
+    synchronization, and compiles; the rest runs eagerly (:func:`_attention_eager`).
     """
     _check_call(module, query, key, attention_mask, dropout, kwargs)
     binding = binding_of(module)
     layer = module.layer_idx
-    args = (binding, layer, scaling, sliding_window, softcap)
-    if attention_mask is None:
-        out = _attend(query, key, value, *args, row=None)
+    method, config = binding.plan(layer)
+    step = query.shape[2] == 1
+    if step and _runs_dense(method, config, key.shape[2], sliding_window, 1, key.device):
+        out = _dense_step(
+            binding, query, key, value, attention_mask, scaling, sliding_window, softcap
+        )
     else:
-        out = _attend_masked(query, key, value, attention_mask, *args)
-    if query.shape[2] == 1 and layer == module.config.num_hidden_layers - 1:
+        args = (binding, layer, scaling, sliding_window, softcap)
+        out = _attention_eager(query, key, value, attention_mask, *args)
+    if step and layer == module.config.num_hidden_layers - 1 and not torch.compiler.is_compiling():
         binding.raise_if_non_finite()
     return out.transpose(1, 2).contiguous(), None
+
+
+def _runs_dense(method, config, k_len, window, q_len, device) -> bool:
+    """Whether attention over ``k_len`` keys (an upper bound of the written ones) runs dense:
+    the selection would keep every visible key anyway, or the layer asks for it."""
+    short_window = window is not None and window <= config.budget
+    short = k_len < config.dense_below(device)
+    dense_step = q_len == 1 and not config.sparse_decode
+    return method == "dense" or short or dense_step or (short_window and method in BUDGET_FILLING)
+
+
+def _dense_step(binding, q, k, v, mask, scale, window, softcap) -> Tensor:
+    """Dense attention of one query per row ``q [B, Hq, 1, D]`` at its row's last written key of
+    ``k, v [B, Hkv, Lk, D]`` (``mask [B, Lk]`` or None: all written), within ``window``: the
+    written keys chosen by the mask on the device, so nothing waits for it."""
+    batch, kv_heads, length, dim = k.shape
+    positions = torch.arange(length, device=k.device)
+    visible = positions.expand(batch, length) >= 0 if mask is None else mask
+    at = torch.where(visible, positions, -1).amax(dim=1)  # the query's own key
+    if not torch.compiler.is_compiling():
+        index = at.clamp(min=0)[:, None, None, None].expand(batch, kv_heads, 1, dim)
+        binding.note_non_finite(q, k.gather(2, index))
+    if window is not None:
+        visible = visible & (positions > (at - window)[:, None])
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=visible[:, None, None, :],
+            scale=scale,
+            enable_gqa=q.shape[1] != kv_heads,
+        )
+    scale = dim**-0.5 if scale is None else scale
+    queries = q.view(batch, kv_heads, -1, dim).float()
+    logits = softcap * torch.tanh(queries @ k.float().transpose(-1, -2) * (scale / softcap))
+    logits = logits.masked_fill(~visible[:, None, None, :], -torch.inf)
+    out = torch.softmax(logits, dim=-1) @ v.float()
+    return out.view(q.shape).to(q.dtype)
+
+
+@torch.compiler.disable(reason="dhsa decode selection keeps Python state per layer")
+def _attention_eager(q, k, v, mask, binding, layer, scaling, window, softcap) -> Tensor:
+    """Attention with the layer's method; under ``torch.compile`` it runs eagerly, the graph
+    breaks around it."""
+    args = (binding, layer, scaling, window, softcap)
+    if mask is None:
+        return _attend(q, k, v, *args, row=None)
+    return _attend_masked(q, k, v, mask, *args)
 
 
 def _attend_masked(q, k, v, mask, binding, layer, scaling, window, softcap) -> Tensor:
@@ -414,10 +472,7 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
     method, config = binding.plan(layer)
     q_len, k_len = q.shape[2], k.shape[2]
     clipped = window if window is not None and window < k_len else None
-    short_window = window is not None and window <= config.budget
-    short = k_len < config.dense_below(k.device)
-    dense_step = q_len == 1 and not config.sparse_decode
-    if method == "dense" or short or dense_step or (short_window and method in BUDGET_FILLING):
+    if _runs_dense(method, config, k_len, window, q_len, k.device):
         return _dense(q, k, v, scale, clipped, softcap)
     if window is not None:
         # Sliding-window layers may get a cache that itself slides (only the last `window` keys),
