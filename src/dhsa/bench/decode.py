@@ -51,10 +51,12 @@ def decode_case(
     q, k, v, config: DHSAConfig, backend: str, steps: int, repeats: int, page_size: int = 0
 ) -> dict:
     """Per-token time of sparse decode over ``k, v [B, Hkv, L + steps, D]``: the state is built on
-    the first ``L`` keys, then each timed step adds one key, selects its spans and attends.
+    the first ``L`` keys, then each timed step adds one key, selects its spans and attends (the
+    steps read growing views of one cache tensor, as from a static cache: no synchronization).
     With ``page_size``, the attention over the last selection is timed on a paged copy too."""
     device = q.device
     length = k.shape[2] - steps
+    budget = config.budget
     session = DecodeSession()
     session.select_spans(q, k[:, :, :length], config, layer=0)
     times = []
@@ -63,13 +65,16 @@ def decode_case(
         synchronize(device)
         start = time.perf_counter()
         starts, ends = session.select_spans(q, keys, config, layer=0)
-        out = attend_decode(q, keys, values, starts, ends, backend=backend)
+        out = attend_decode(q, keys, values, starts, ends, backend=backend, max_keys=budget)
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     layout = session.select(q, keys, config, layer=0)
     error = spot_check(q, keys, values, out, layout, samples=1)
     attend_ms = time_call(
-        lambda: attend_decode(q, keys, values, starts, ends, backend=backend), device, repeats, 2
+        lambda: attend_decode(q, keys, values, starts, ends, backend=backend, max_keys=budget),
+        device,
+        repeats,
+        2,
     )["median_ms"]
     record = {
         "step_ms": statistics.median(times[2:] or times),
@@ -85,7 +90,9 @@ def decode_case(
         k_pool, v_pool = paged_copy(keys, page_size, table), paged_copy(values, page_size, table)
 
         def paged():
-            return attend_decode(q, k_pool, v_pool, starts, ends, backend=backend, page_table=table)
+            return attend_decode(
+                q, k_pool, v_pool, starts, ends, backend=backend, page_table=table, max_keys=budget
+            )
 
         record["paged_matches"] = bool(torch.allclose(paged(), out, rtol=1e-3, atol=1e-3))
         record["paged_attend_ms"] = time_call(paged, device, repeats, 2)["median_ms"]
