@@ -121,6 +121,8 @@ def test_compiled_static_cache_decode_gives_the_eager_tokens(arch):
     config._compile_all_devices = True  # transformers compiles on accelerators only by default
     seq, steps = greedy(model, ids, steps=6, cache_implementation="static", compile_config=config)
     assert hasattr(model, "_compiled_call"), "generate did not compile the decode step"
+    binding = model.model.layers[0].self_attn._dhsa_binding
+    assert binding._non_finite is None, "compiled steps left an unread NaN check behind"
     assert torch.equal(seq, eager_seq)
     torch.testing.assert_close(steps, eager_steps, rtol=1e-5, atol=1e-5)
     model.forward = torch.compile(model.forward, backend="aot_eager")

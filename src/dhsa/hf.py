@@ -368,7 +368,8 @@ def attention_forward(
         )
     else:
         args = (binding, layer, scaling, sliding_window, softcap)
-        out = _attention_eager(query, key, value, attention_mask, *args)
+        checked = not torch.compiler.is_compiling()  # a compiled step cannot raise in its graph
+        out = _attention_eager(query, key, value, attention_mask, *args, checked=checked)
     if step and layer == module.config.num_hidden_layers - 1 and not torch.compiler.is_compiling():
         binding.raise_if_non_finite()
     return out.transpose(1, 2).contiguous(), None
@@ -414,16 +415,16 @@ def _dense_step(binding, q, k, v, mask, scale, window, softcap) -> Tensor:
 
 
 @torch.compiler.disable(reason="dhsa decode selection keeps Python state per layer")
-def _attention_eager(q, k, v, mask, binding, layer, scaling, window, softcap) -> Tensor:
+def _attention_eager(q, k, v, mask, binding, layer, scaling, window, softcap, *, checked) -> Tensor:
     """Attention with the layer's method; under ``torch.compile`` it runs eagerly, the graph
     breaks around it."""
     args = (binding, layer, scaling, window, softcap)
     if mask is None:
-        return _attend(q, k, v, *args, row=None)
-    return _attend_masked(q, k, v, mask, *args)
+        return _attend(q, k, v, *args, row=None, checked=checked)
+    return _attend_masked(q, k, v, mask, *args, checked=checked)
 
 
-def _attend_masked(q, k, v, mask, binding, layer, scaling, window, softcap) -> Tensor:
+def _attend_masked(q, k, v, mask, binding, layer, scaling, window, softcap, *, checked) -> Tensor:
     """Each row on its written keys: left padding and unwritten static-cache slots cut off; pad
     queries output zeros. A batch with no padding runs as a whole."""
     extents = binding.row_extents(mask)
@@ -433,7 +434,7 @@ def _attend_masked(q, k, v, mask, binding, layer, scaling, window, softcap) -> T
     if q_offset < 0:
         raise ValueError("dhsa attention supports left padding only (pads before the tokens)")
     if all(first == 0 for first, _ in extents):
-        return _attend(q, k[:, :, :end], v[:, :, :end], *args, row=None)
+        return _attend(q, k[:, :, :end], v[:, :, :end], *args, row=None, checked=checked)
     out = torch.zeros_like(q)
     for row, (pad, _) in enumerate(extents):
         first = max(pad - q_offset, 0)
@@ -445,6 +446,7 @@ def _attend_masked(q, k, v, mask, binding, layer, scaling, window, softcap) -> T
             v[row : row + 1, :, pad:end],
             *args,
             row=row,
+            checked=checked,
         )
     return out
 
@@ -457,16 +459,17 @@ def _dense(q, k, v, scale, window, softcap) -> Tensor:
     return dense_attention(q, k, v, scale=scale, sliding_window=window, softcap=softcap)
 
 
-def _attend(q, k, v, binding, layer, scale, window, softcap, *, row) -> Tensor:
+def _attend(q, k, v, binding, layer, scale, window, softcap, *, row, checked=True) -> Tensor:
     """Causal attention of the unpadded ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]``.
 
     :class:`dhsa.NonFiniteInputError` when the queries or the keys this call adds (the last
     ``Lq``) hold NaN or Inf, on the dense paths too: each key is checked once, when it enters.
     A prefill raises here; a decode step's check is read at the model's last layer
-    (:meth:`ModelBinding.raise_if_non_finite`).
+    (:meth:`ModelBinding.raise_if_non_finite`); a compiled one (``checked=False``) is not checked.
     """
     if q.shape[2] == 1:
-        binding.note_non_finite(q, k[:, :, -1:])
+        if checked:
+            binding.note_non_finite(q, k[:, :, -1:])
     else:
         check_finite(q, k[:, :, -q.shape[2] :])
     method, config = binding.plan(layer)
