@@ -32,6 +32,7 @@ count grows its buffers now and then, decided on the host).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor
@@ -361,8 +362,18 @@ class ChunkSums:
         return cls(table, lo, hi, count, tracker, k, norm, shortest, longest, tail_shortest)
 
     def _remember(self, k: Tensor) -> None:
-        self.storage = (k.untyped_storage().data_ptr(), k.storage_offset(), k.stride())
+        # A weak reference: a storage freed (a dynamic cache's last tensor) is never taken for a
+        # new one that reuses its memory.
+        self.storage = (weakref.ref(k.untyped_storage()), k.storage_offset(), k.stride())
         self.last_key = k[:, :, -1].clone()
+
+    def _same_cache(self, k: Tensor) -> bool:
+        storage, offset, stride = self.storage
+        return (
+            storage() is k.untyped_storage()
+            and k.storage_offset() == offset
+            and k.stride() == stride
+        )
 
     def follows(self, k: Tensor, tracker: BoundaryTracker | None) -> bool:
         """True when ``k [B, Hkv, L', D]`` extends the keys this state absorbed, at the
@@ -372,9 +383,7 @@ class ChunkSums:
             return False
         if self.length >= k.shape[2]:
             return False
-        if (k.untyped_storage().data_ptr(), k.storage_offset(), k.stride()) == self.storage:
-            return True
-        return torch.equal(k[:, :, self.length - 1], self.last_key)
+        return self._same_cache(k) or torch.equal(k[:, :, self.length - 1], self.last_key)
 
     def advance(self, k: Tensor) -> None:
         """Absorb the new keys of ``k`` and close the chunks the tracker closed since: a fixed
