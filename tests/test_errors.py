@@ -87,10 +87,17 @@ def test_layout_must_match_tensors(qkv):
         dhsa.attend(q[:, :, :20], k, v, layout)
 
 
-@pytest.mark.parametrize("field", ["boundary_z", "predictor_threshold", "dash_sparsity"])
+@pytest.mark.parametrize(
+    "field,shown",
+    [
+        ("boundary_z", "boundary_z"),
+        ("predictor_threshold", "predictor_threshold"),
+        ("dash_sparsity", "dash.sparsity"),
+    ],
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-def test_config_float_fields_refuse_nan_and_inf(field, value):
-    with pytest.raises(ValueError, match=f"DHSAConfig.{field}={value} is not a finite number"):
+def test_config_float_fields_refuse_nan_and_inf(field, shown, value):
+    with pytest.raises(ValueError, match=f"DHSAConfig.{shown}={value} is not a finite number"):
         DHSAConfig(**{field: value})
 
 
@@ -162,3 +169,23 @@ def test_numpy_scales_and_softcaps_are_numbers(qkv):
         dhsa.dense_attention(q, k, v, scale="0.1")
     with pytest.raises(ValueError, match="scale must be a finite number"):
         dhsa.dense_attention(q, k, v, scale=np.float32("nan"))
+
+
+@pytest.mark.parametrize("min_length", [0, None])
+def test_sparse_attention_checks_its_inputs_once(rng, monkeypatch, min_length):
+    """The public call checks; the selection and the backend it runs do not check again."""
+    import dhsa.attention
+    import dhsa.validation
+
+    seen = []
+
+    def counted(module, name):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a: seen.append(name) or original(*a))
+
+    counted(dhsa.validation, "check_tensor")  # every shape check goes through it
+    counted(dhsa.attention, "check_finite")
+    q, k, v = make_qkv(1, 4, 2, 40, 40, 16, rng)
+    config = DHSAConfig(budget=24, sink=4, local=8, query_block=8, min_length=min_length)
+    dhsa.sparse_attention(q, k, v, config)
+    assert seen == ["check_tensor"] * 3 + ["check_finite"]

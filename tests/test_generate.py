@@ -6,8 +6,9 @@ import string
 import pytest
 import torch
 
+from dhsa.bench.measure import PeakMemory
 from dhsa.cli import main
-from dhsa.commands.generate import PeakMemory, greedy_timed
+from dhsa.commands.generate import greedy_timed
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -282,3 +282,75 @@ def test_non_finite_activations_raise_on_dense_and_sparse_paths(min_length, step
         model.model.embed_tokens.weight[poisoned, 0] = float("nan")
     with pytest.raises(dhsa.NonFiniteInputError), torch.no_grad():
         model(ids, **extra)
+
+
+@pytest.fixture
+def outside_method():
+    """Registers ``outside`` (block_sparse's selector, counting its calls) with the given traits;
+    the registry is restored afterwards."""
+    from dhsa.methods import METHODS, get_method
+
+    before = dict(METHODS)
+    calls = []
+    select_block_sparse = get_method("block_sparse").select
+
+    def selector(q, k, config, **kwargs):
+        calls.append(q.shape[2])
+        return select_block_sparse(q, k, config, **kwargs)
+
+    def register(**traits):
+        dhsa.register_method("outside", selector, **traits)
+        return calls
+
+    yield register
+    METHODS.clear()
+    METHODS.update(before)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_outside_method_gets_the_incremental_decode_it_declares(outside_method, declared):
+    from dhsa.methods import IncrementalDecode
+
+    decode = IncrementalDecode(norm="mean", chunker="fixed") if declared else None
+    calls = outside_method(decode=decode, fills_budget=True)
+    model, _ = tiny_model("llama")
+    ids = prompt(75)
+    dhsa.configure(model, SMALL, method="block_sparse")
+    _, built_in = greedy(model, ids, steps=6)
+    dhsa.configure(model, SMALL, method="outside")
+    _, steps = greedy(model, ids, steps=6)
+    binding = model.model.layers[0].self_attn._dhsa_binding
+    layers = model.config.num_hidden_layers
+    if declared:
+        assert torch.equal(steps, built_in)
+        assert binding.session._chunks and calls == [75] * layers
+    else:
+        assert not binding.session._chunks and calls == [75] * layers + [1] * 5 * layers
+
+
+@pytest.mark.parametrize("fills_budget", [True, False])
+def test_an_outside_budget_filling_method_runs_short_windows_dense(outside_method, fills_budget):
+    calls = outside_method(fills_budget=fills_budget)
+    model, reference = tiny_model("mistral")  # every layer slides over 48 keys, FULL keeps 256
+    ids = prompt(75)
+    _, ref_steps = greedy(model, ids, steps=4)
+    dhsa.configure(model, FULL, method="outside")
+    _, steps = greedy(model, ids, steps=4)
+    torch.testing.assert_close(steps, ref_steps, rtol=1e-5, atol=1e-5)
+    assert (calls == []) == fills_budget
+
+
+def test_use_attention_is_sdpa_for_dense_methods_and_dhsa_otherwise(outside_method):
+    from dhsa.hf import use_attention
+
+    outside_method(dense=True)
+    model, _ = tiny_model("llama")
+    attention = model.model.layers[0].self_attn
+    for method in ("dense", "outside"):
+        assert use_attention(model, method, SMALL) is model
+        assert model.config._attn_implementation == "sdpa"
+    use_attention(model, "block_sparse", SMALL)
+    assert model.config._attn_implementation == "dhsa"
+    assert attention._dhsa_binding.plan(0) == ("block_sparse", SMALL)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        use_attention(model, "nope", SMALL)

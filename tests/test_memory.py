@@ -39,3 +39,12 @@ def test_cpu_peak_memory_sees_memory_the_allocator_reuses():
         dense()
         used = peak_extra_memory(dense, torch.device("cpu"))
         assert output_bytes <= used < 8 * output_bytes, f"{used / 2**20:.3f} MiB"
+
+
+def test_peak_memory_names_its_sources():
+    from dhsa.bench.measure import PeakMemory
+
+    assert PeakMemory("cpu").kind == "process VmHWM"
+    assert PeakMemory("cpu", cpu="allocations").kind == "torch allocations (profiler)"
+    with pytest.raises(ValueError, match="unknown CPU memory source 'rss'"):
+        PeakMemory("cpu", cpu="rss")

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "dhsa.commands.models",
     "dhsa.commands.niah",
     "dhsa.commands.ruler",
+    "dhsa.commands.longbench",
     "dhsa.commands.fidelity",
     "dhsa.commands.report",
     "dhsa.commands.generate",

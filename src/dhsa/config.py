@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ AUTO_MIN_LENGTH = {"cpu": 16384, "cuda": 32768}
 
 
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """``name`` is the field as users write it: ``budget`` (of DHSAConfig) or ``dash.block``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"DHSAConfig.{name} must be an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
@@ -44,6 +45,62 @@ def _require_float_in(name: str, value: Any, low: float, high: float, low_open: 
         raise ValueError(
             f"DHSAConfig.{name}={value} is out of range: allowed {bracket}{low}, {high}]"
         )
+
+
+def _require_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"DHSAConfig.{name} must be a bool")
+
+
+@dataclass(frozen=True)
+class DashParams:
+    """``dash``: key blocks of ``block`` tokens; block scores are multiplied by ``sparsity``
+    before the 1.5-entmax (larger: fewer blocks kept); ``prior`` adds the log of each kept
+    block's entmax probability to its keys' logits."""
+
+    block: int = 64
+    sparsity: float = 1.0
+    prior: bool = False
+
+    def __post_init__(self) -> None:
+        _require_int("dash.block", self.block, 1, 4096)
+        _require_float_in("dash.sparsity", self.sparsity, 0.0, float("inf"), low_open=True)
+        _require_bool("dash.prior", self.prior)
+
+
+@dataclass(frozen=True)
+class HipParams:
+    """``hip``: the hierarchical search ends on key blocks of ``block`` tokens."""
+
+    block: int = 32
+
+    def __post_init__(self) -> None:
+        _require_int("hip.block", self.block, 1, 4096)
+
+
+@dataclass(frozen=True)
+class VerticalSlashParams:
+    """``vertical_slash``: ``slash_share`` of the budget left after sink and local window goes to
+    diagonals (whole query blocks wide), the rest to single key columns."""
+
+    slash_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require_float_in("vertical_slash.slash_share", self.slash_share, 0.0, 1.0, low_open=False)
+
+
+# The DHSAConfig fields that hold a peer method's own parameters, and their types.
+METHOD_RECORDS = {"dash": DashParams, "hip": HipParams, "vertical_slash": VerticalSlashParams}
+
+# DHSAConfig's flat keywords from before the peer methods had records of their own, still
+# accepted (and readable) as keyword -> (record field, parameter).
+FLAT_KEYWORDS = {
+    "dash_block": ("dash", "block"),
+    "dash_sparsity": ("dash", "sparsity"),
+    "dash_prior": ("dash", "prior"),
+    "hip_block": ("hip", "block"),
+    "vs_slash_share": ("vertical_slash", "slash_share"),
+}
 
 
 @dataclass(frozen=True)
@@ -88,13 +145,10 @@ class DHSAConfig:
     ``"paper"``: the published rule, one ``sqrt(n) * mean`` vector per chunk against one per
     query block with the group's heads averaged. ``docs/selection.md`` compares them.
 
-    Peer methods:
-      - ``dash``: key blocks of ``dash_block`` tokens; block scores are multiplied by
-        ``dash_sparsity`` before the 1.5-entmax (larger: fewer blocks kept); ``dash_prior`` adds
-        the log of each kept block's entmax probability to its keys' logits.
-      - ``hip``: the hierarchical search ends on key blocks of ``hip_block`` tokens.
-      - ``vertical_slash``: ``vs_slash_share`` of the budget left after sink and local window goes
-        to diagonals (whole query blocks wide), the rest to single key columns.
+    Peer methods read their own records: ``dash`` (:class:`DashParams`), ``hip``
+    (:class:`HipParams`) and ``vertical_slash`` (:class:`VerticalSlashParams`). The flat keywords
+    of :data:`FLAT_KEYWORDS` (``dash_block=16``, ``hip_block=8``, ...) are still accepted by the
+    constructor and :meth:`replace`, and read back as attributes.
     """
 
     budget: int = 2048
@@ -113,16 +167,21 @@ class DHSAConfig:
     predictor: str | None = None
     tile_elements: int = 1 << 20
     predictor_threshold: float = 0.0
-    dash_block: int = 64
-    dash_sparsity: float = 1.0
-    dash_prior: bool = False
-    hip_block: int = 32
-    vs_slash_share: float = 0.5
     sparse_decode: bool = True
     triton_fill: bool = False
     scoring: str = "peak"
+    dash: DashParams = DashParams()
+    hip: HipParams = HipParams()
+    vertical_slash: VerticalSlashParams = VerticalSlashParams()
+    dash_block: InitVar[int | None] = None
+    dash_sparsity: InitVar[float | None] = None
+    dash_prior: InitVar[bool | None] = None
+    hip_block: InitVar[int | None] = None
+    vs_slash_share: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, *flat: Any) -> None:
+        # The flat keywords arrive in the order they are declared, the order of FLAT_KEYWORDS.
+        self._fold_flat_keywords(dict(zip(FLAT_KEYWORDS, flat, strict=True)))
         _require_int("budget", self.budget, 1)
         _require_int("sink", self.sink, 0)
         _require_int("local", self.local, 0)
@@ -138,13 +197,11 @@ class DHSAConfig:
         if self.max_chunks is not None:
             _require_int("max_chunks", self.max_chunks, 1)
         _require_float("predictor_threshold", self.predictor_threshold)
-        _require_int("dash_block", self.dash_block, 1, 4096)
-        _require_float_in("dash_sparsity", self.dash_sparsity, 0.0, float("inf"), low_open=True)
-        _require_int("hip_block", self.hip_block, 1, 4096)
-        _require_float_in("vs_slash_share", self.vs_slash_share, 0.0, 1.0, low_open=False)
-        for flag in ("share_boundaries", "dash_prior", "sparse_decode", "triton_fill"):
-            if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"DHSAConfig.{flag} must be a bool")
+        for flag in ("share_boundaries", "sparse_decode", "triton_fill"):
+            _require_bool(flag, getattr(self, flag))
+        for name, kind in METHOD_RECORDS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"DHSAConfig.{name} must be a {kind.__name__}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"DHSAConfig.scoring={self.scoring!r} is unknown: allowed {SCORINGS}")
         if self.chunker not in CHUNKERS:
@@ -171,6 +228,26 @@ class DHSAConfig:
                 "`dhsa train-predictor --model KEY --out FILE` and pass that FILE"
             )
 
+    def _fold_flat_keywords(self, flat: dict[str, Any]) -> None:
+        """Put the flat keywords given (not None) into their records; ValueError where a record
+        passed alongside holds another value for the same parameter."""
+        for keyword, value in flat.items():
+            if value is None:
+                continue
+            name, parameter = FLAT_KEYWORDS[keyword]
+            record = getattr(self, name)
+            held = getattr(record, parameter)
+            if held != value and held != getattr(type(record)(), parameter):
+                raise ValueError(
+                    f"DHSAConfig got {keyword}={value!r} and {name}.{parameter}={held!r}: pass "
+                    f"one of them (or use DHSAConfig.replace)"
+                )
+            try:
+                record = dataclasses.replace(record, **{parameter: value})
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{error} (given as {keyword}={value!r})") from None
+            object.__setattr__(self, name, record)
+
     def dense_below(self, device: torch.device | str) -> int:
         """Key length under which attention on ``device`` runs dense (see ``min_length``)."""
         import torch  # here, so that reading presets (the command line) does not load torch
@@ -180,15 +257,31 @@ class DHSAConfig:
         return AUTO_MIN_LENGTH.get(torch.device(device).type, AUTO_MIN_LENGTH["cpu"])
 
     def replace(self, **changes: Any) -> DHSAConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields (or flat keywords, :data:`FLAT_KEYWORDS`) changed, validated
+        again."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return DHSAConfig(**{**fields, **changes})
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> DHSAConfig:
         """A named starting point: ``default``, ``budget1024``, ``budget4096``, ``fixed``."""
         if name not in PRESETS:
             raise ValueError(f"unknown DHSAConfig preset {name!r}: allowed {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **changes)
+        return PRESETS[name].replace(**changes)
+
+
+def _flat_reader(name: str, parameter: str) -> property:
+    return property(
+        lambda config: getattr(getattr(config, name), parameter),
+        doc=f"``{name}.{parameter}`` under its flat keyword",
+    )
+
+
+# The dataclass took the flat keywords' defaults for its constructor; as attributes they read
+# the records.
+for _keyword, _place in FLAT_KEYWORDS.items():
+    setattr(DHSAConfig, _keyword, _flat_reader(*_place))
+del _keyword, _place
 
 
 PRESETS: dict[str, DHSAConfig] = {

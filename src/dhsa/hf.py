@@ -11,11 +11,13 @@ Per attention call (``module`` is the model's attention layer):
     :func:`dhsa.sparse_attention` with the layer's method; chunk boundaries are computed once per
     forward pass and shared by all layers when ``config.share_boundaries``;
   - decode (one query) keeps incremental selection state per ``module.layer_idx``
-    (:class:`dhsa.decode.DecodeSession`) for ``dhsa`` and ``block_sparse``; other methods select
+    (:class:`dhsa.decode.DecodeSession`) for the methods whose record declares it
+    (:class:`dhsa.methods.IncrementalDecode`: ``dhsa``, ``block_sparse``); other methods select
     afresh per token;
-  - sequences shorter than ``config.dense_below(device)`` keys, ``method="dense"`` layers, and
-    sliding-window layers whose window fits the budget (e.g. Gemma's 512 keys) run dense
-    attention: the selection would keep every visible key anyway, and dense is faster there.
+  - the calls :func:`dhsa.attention.runs_dense` names run dense attention: sequences shorter
+    than ``config.dense_below(device)`` keys, dense methods, and sliding-window layers whose
+    window fits the budget (e.g. Gemma's 512 keys) with a budget-filling method, which would keep
+    every visible key anyway.
 
 Padded batches and static caches: the mask builder hands the attention a 2-D bool key mask instead
 of a 4-D one, False for left padding and for the slots of a static cache
@@ -51,21 +53,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import dense_attention, sparse_attention
+from .attention import dense_attention, runs_dense, sparse_attention
 from .chunking import compute_boundaries
 from .config import DHSAConfig
 from .decode import DecodeSession
 from .kernels import BACKENDS, attend_decode
-from .methods import SELECTORS
+from .methods import get_method
 from .validation import NonFiniteInputError, check_finite
 
 logger = logging.getLogger(__name__)
 
 NAME = "dhsa"
-# Decode methods with incremental state, and the chunk normalization each scores with.
-INCREMENTAL_NORMS = {"dhsa": "sqrt", "block_sparse": "mean"}
-# Methods that keep every key a query can see when that is at most the budget.
-BUDGET_FILLING = ("dhsa", "block_sparse", "streaming", "oracle_topk")
 UNSUPPORTED_KWARGS = ("s_aux", "sinks", "position_bias", "cu_seq_lens_q", "cu_seq_lens_k")
 
 
@@ -163,13 +161,8 @@ def _layer_override(layer: int, value, config: DHSAConfig, method: str) -> tuple
             f"layers[{layer}] must be a method name, a DHSAConfig or a (method, DHSAConfig) "
             f"tuple, got {value!r}"
         )
-    _check_method(value[0])
+    get_method(value[0])
     return value
-
-
-def _check_method(method: str) -> None:
-    if method not in SELECTORS:
-        raise ValueError(f"unknown method {method!r}: allowed {sorted(SELECTORS)}")
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -196,7 +189,7 @@ def configure(
     config = DHSAConfig() if config is None else config
     if not isinstance(config, DHSAConfig):
         raise TypeError(f"config must be a DHSAConfig, got {type(config).__name__}")
-    _check_method(method)
+    get_method(method)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: allowed {BACKENDS}")
     modules = attention_modules(model)
@@ -218,6 +211,18 @@ def configure(
     if getattr(model.config, "_attn_implementation", None) != NAME:
         model.set_attn_implementation(NAME)
     return model
+
+
+def use_attention(
+    model: torch.nn.Module, method: str, config: DHSAConfig | None = None
+) -> torch.nn.Module:
+    """Switch ``model`` to ``method``; returns ``model``. A dense method (the reference) runs
+    transformers' own ``"sdpa"`` attention, any other method dhsa's (:func:`configure` with
+    ``config``). The one switch of the evaluation, generation and benchmark commands."""
+    if get_method(method).dense:
+        model.set_attn_implementation("sdpa")
+        return model
+    return configure(model, config, method=method)
 
 
 def binding_of(module: torch.nn.Module) -> ModelBinding:
@@ -360,28 +365,28 @@ def attention_forward(
     _check_call(module, query, key, attention_mask, dropout, kwargs)
     binding = binding_of(module)
     layer = module.layer_idx
-    method, config = binding.plan(layer)
+    name, config = binding.plan(layer)
     step = query.shape[2] == 1
-    if step and _runs_dense(method, config, key.shape[2], sliding_window, 1, key.device):
+    # The cache's length bounds the written keys': dense for it is dense for them.
+    dense = runs_dense(
+        get_method(name),
+        config,
+        q_len=1,
+        k_len=key.shape[2],
+        device=key.device,
+        sliding_window=sliding_window,
+    )
+    if step and dense:
         out = _dense_step(
             binding, query, key, value, attention_mask, scaling, sliding_window, softcap
         )
     else:
         args = (binding, layer, scaling, sliding_window, softcap)
         checked = not torch.compiler.is_compiling()  # a compiled step cannot raise in its graph
-        out = _attention_eager(query, key, value, attention_mask, *args, checked=checked)
+        out = _eager()(query, key, value, attention_mask, *args, checked=checked)
     if step and layer == module.config.num_hidden_layers - 1 and not torch.compiler.is_compiling():
         binding.raise_if_non_finite()
     return out.transpose(1, 2).contiguous(), None
-
-
-def _runs_dense(method, config, k_len, window, q_len, device) -> bool:
-    """Whether attention over ``k_len`` keys (an upper bound of the written ones) runs dense:
-    the selection would keep every visible key anyway, or the layer asks for it."""
-    short_window = window is not None and window <= config.budget
-    short = k_len < config.dense_below(device)
-    dense_step = q_len == 1 and not config.sparse_decode
-    return method == "dense" or short or dense_step or (short_window and method in BUDGET_FILLING)
 
 
 def _dense_step(binding, q, k, v, mask, scale, window, softcap) -> Tensor:
@@ -414,10 +419,21 @@ def _dense_step(binding, q, k, v, mask, scale, window, softcap) -> Tensor:
     return out.view(q.shape).to(q.dtype)
 
 
-@torch.compiler.disable(reason="dhsa decode selection keeps Python state per layer")
+_EAGER: list = []  # _attention_eager under torch.compiler.disable, made at the first call
+
+
+def _eager():
+    """:func:`_attention_eager` wrapped by ``torch.compiler.disable``, made once on first use:
+    wrapping at import would import ``torch._dynamo`` (and triton) with ``import dhsa.hf``."""
+    if not _EAGER:
+        reason = "dhsa decode selection keeps Python state per layer"
+        _EAGER.append(torch.compiler.disable(_attention_eager, reason=reason))
+    return _EAGER[0]
+
+
 def _attention_eager(q, k, v, mask, binding, layer, scaling, window, softcap, *, checked) -> Tensor:
-    """Attention with the layer's method; under ``torch.compile`` it runs eagerly, the graph
-    breaks around it."""
+    """Attention with the layer's method; under ``torch.compile`` it runs eagerly (see
+    :func:`_eager`), the graph breaking around it."""
     args = (binding, layer, scaling, window, softcap)
     if mask is None:
         return _attend(q, k, v, *args, row=None, checked=checked)
@@ -451,14 +467,6 @@ def _attend_masked(q, k, v, mask, binding, layer, scaling, window, softcap, *, c
     return out
 
 
-def _dense(q, k, v, scale, window, softcap) -> Tensor:
-    if softcap is None and window is None and q.shape[2] in (1, k.shape[2]):
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=q.shape[2] > 1, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
-    return dense_attention(q, k, v, scale=scale, sliding_window=window, softcap=softcap)
-
-
 def _attend(q, k, v, binding, layer, scale, window, softcap, *, row, checked=True) -> Tensor:
     """Causal attention of the unpadded ``q [B, Hq, Lq, D]`` over ``k, v [B, Hkv, Lk, D]``.
 
@@ -472,11 +480,12 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row, checked=Tru
             binding.note_non_finite(q, k[:, :, -1:])
     else:
         check_finite(q, k[:, :, -q.shape[2] :])
-    method, config = binding.plan(layer)
+    name, config = binding.plan(layer)
+    method = get_method(name)
     q_len, k_len = q.shape[2], k.shape[2]
     clipped = window if window is not None and window < k_len else None
-    if _runs_dense(method, config, k_len, window, q_len, k.device):
-        return _dense(q, k, v, scale, clipped, softcap)
+    if runs_dense(method, config, q_len=q_len, k_len=k_len, device=k.device, sliding_window=window):
+        return dense_attention(q, k, v, scale=scale, sliding_window=clipped, softcap=softcap)
     if window is not None:
         # Sliding-window layers may get a cache that itself slides (only the last `window` keys),
         # so incremental decode state and boundaries shared with full layers never apply: a
@@ -488,19 +497,22 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row, checked=Tru
             k,
             v,
             config,
-            method=method,
+            method=name,
             scale=scale,
             sliding_window=clipped,
             softcap=softcap,
             backend=binding.backend,
         )
-    if q_len == 1 and method in INCREMENTAL_NORMS:
-        chosen = config if method == "dhsa" else config.replace(chunker="fixed")
-        norm = INCREMENTAL_NORMS[method]
-        if method == "dhsa" and config.scoring == "peak":
-            norm = "peak"
+    decode = method.decode
+    if q_len == 1 and decode is not None:
         starts, ends = binding.session.select_spans(
-            q, k, chosen, layer=layer, row=row, norm=norm, scale=scale
+            q,
+            k,
+            decode.config_for(config),
+            layer=layer,
+            row=row,
+            norm=decode.norm_for(config),
+            scale=scale,
         )
         return attend_decode(
             q,
@@ -516,16 +528,16 @@ def _attend(q, k, v, binding, layer, scale, window, softcap, *, row, checked=Tru
     boundaries = None
     if q_len > 1:
         binding.session.forget(layer, row)
-        if method == "dhsa" and config.share_boundaries:
+        if method.shares_boundaries and config.share_boundaries:
             boundaries = binding.prefill_boundaries(layer, row, k, config)
-        if method == "dhsa" and config.scoring == "peak":
+        if decode is not None and decode.keeps_probe(config):
             binding.session.remember_probe(layer, row, q[:, :, -config.query_block :])
     return sparse_attention(
         q,
         k,
         v,
         config,
-        method=method,
+        method=name,
         scale=scale,
         softcap=softcap,
         backend=binding.backend,

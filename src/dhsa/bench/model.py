@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import DHSAConfig
-from .measure import synchronize
+from ..hf import use_attention
+from .measure import PeakMemory, synchronize
 from .presets import MODEL_SIZES
 from .runner import record_header, resolve_device
 
@@ -43,21 +44,6 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def _use(model, method: str, config: DHSAConfig) -> None:
-    from ..hf import configure
-
-    if method == "dense":
-        model.set_attn_implementation("sdpa")
-    else:
-        configure(model, config, method=method)
-
-
-def _peak_mb(device: torch.device, before: int) -> float:
-    if device.type != "cuda":
-        return float("nan")
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-
-
 CACHES = ("static", "dynamic")
 
 
@@ -72,42 +58,41 @@ def _new_cache(model, kind: str, max_length: int):
 
 
 def prefill_and_decode(
-    model, ids: torch.Tensor, decode_tokens: int, cache: str = "static", step=None, kv=None
+    model, ids: torch.Tensor, decode_tokens: int, cache: str = "static", forward=None, kv=None
 ) -> dict:
     """Prefill ``ids [1, L]`` (logits of the last position only), then greedy decode with
-    ``step`` (default: the model itself) on a ``cache`` (``static`` or ``dynamic``) cache.
+    ``forward`` (default: the model itself) on a ``cache`` (``static`` or ``dynamic``) cache.
 
     ``kv``: the static cache to reset and reuse (a compiled step is specialized to its tensors);
     default a new one sized for this run."""
     device = ids.device
-    step = model if step is None else step
+    forward = model if forward is None else forward
     if kv is None:
         kv = _new_cache(model, cache, ids.shape[1] + decode_tokens + 1)
     kv.reset()
-    synchronize(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     with torch.no_grad():
-        start = time.perf_counter()
-        out = model(ids, cache=kv, use_cache=True, logits_to_keep=1)
-        synchronize(device)
-        ttft = time.perf_counter() - start
-        prefill_mb = _peak_mb(device, before)
+        with PeakMemory(device) as prefill_memory:
+            start = time.perf_counter()
+            out = model(ids, cache=kv, use_cache=True, logits_to_keep=1)
+            synchronize(device)
+            ttft = time.perf_counter() - start
         token = out.logits[:, -1:].argmax(dim=-1)
         steps = []
-        for _ in range(decode_tokens):
-            start = time.perf_counter()
-            out = step(token, cache=kv, use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1:].argmax(dim=-1)
-            synchronize(device)
-            steps.append(time.perf_counter() - start)
+        with PeakMemory(device) as decode_memory:
+            for _ in range(decode_tokens):
+                start = time.perf_counter()
+                out = forward(token, cache=kv, use_cache=True, logits_to_keep=1)
+                token = out.logits[:, -1:].argmax(dim=-1)
+                synchronize(device)
+                steps.append(time.perf_counter() - start)
+    peak = max(prefill_memory.peak_bytes, decode_memory.peak_bytes)
     step = statistics.median(steps[1:] or steps) if steps else float("nan")
     return {
         "ttft_ms": ttft * 1e3,
-        "prefill_peak_mb": prefill_mb,
-        "peak_mb": _peak_mb(device, before),
+        "prefill_peak_mb": prefill_memory.extra_bytes / 2**20,
+        "peak_mb": (peak - prefill_memory.baseline_bytes) / 2**20,
         "decode_ms_per_token": step * 1e3,
         "decode_tokens_per_s": 1.0 / step if steps else float("nan"),
     }
@@ -157,15 +142,15 @@ def run_model_bench(
         dense_ms = None
         for method in methods:
             bar.set_postfix_str(f"L={length} {method}")
-            _use(model, method, config)
-            step = None
+            use_attention(model, method, config)
+            forward = None
             if compile:
                 torch._dynamo.reset()
-                step = torch.compile(model, dynamic=False)
+                forward = torch.compile(model, dynamic=False)
             kv = _new_cache(model, cache, length + decode_tokens + 1) if cache == "static" else None
-            prefill_and_decode(model, ids, 2, cache, step, kv)
+            prefill_and_decode(model, ids, 2, cache, forward, kv)
             record = dict(method=method, length=length, cache=cache, compile=compile)
-            record.update(prefill_and_decode(model, ids, decode_tokens, cache, step, kv))
+            record.update(prefill_and_decode(model, ids, decode_tokens, cache, forward, kv))
             if method == "dense":
                 dense_ms = record
             elif dense_ms is not None:

@@ -27,7 +27,8 @@ def shift_scores(k: Tensor, window: int) -> Tensor:
     # cosine ignores the scale): pooled[i] averages keys i - window + 1 .. i, so the left side of
     # cut t is pooled[t] and the right side pooled[t + window]. A running sum along L computes
     # the same but is slow on the GPU (a scan over the outer dimension: 46 ms of a 65 ms dhsa
-    # selection at 128K keys on the H200, benchmarks/gpu/profile_v2.txt).
+    # selection at 128K keys on the H200,
+    # benchmarks/archive/gpu/profile_v2.txt).
     pooled = F.avg_pool1d(F.pad(keys, (window - 1, window)), window, stride=1)
     left = pooled[:, :, : length - 1]
     right = pooled[:, :, window : window + length - 1]

@@ -13,7 +13,6 @@ generations: on CUDA the allocator's peak, on CPU the process's resident-set hig
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,9 +21,6 @@ from pathlib import Path
 from ..cli import CommandError
 
 logger = logging.getLogger(__name__)
-
-_HWM = re.compile(r"^VmHWM:\s+(\d+) kB", re.MULTILINE)
-_RSS = re.compile(r"^VmRSS:\s+(\d+) kB", re.MULTILINE)
 
 
 def add_parser(subparsers) -> None:
@@ -137,62 +133,6 @@ class Generation:
         return self.decode_steps / (self.decode_ms / 1e3)
 
 
-def _proc_status_kb(pattern: re.Pattern) -> int:
-    with open("/proc/self/status") as f:
-        return int(pattern.search(f.read()).group(1)) * 1024
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or the CPU process's resident high-water mark.
-
-    On CPU the kernel's ``VmHWM`` counter is reset on entry (writing ``5`` to
-    ``/proc/self/clear_refs``) and read on exit; ``baseline_bytes`` is the resident size on entry.
-    Raises ValueError where neither measurement exists (a CPU without ``/proc``).
-    """
-
-    def __init__(self, device) -> None:
-        import torch
-
-        self.device = torch.device(device)
-        self.baseline_bytes = 0
-        self.peak_bytes = 0
-
-    @property
-    def kind(self) -> str:
-        return "cuda max_memory_allocated" if self.device.type == "cuda" else "process VmHWM"
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
-            return self
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.baseline_bytes = _proc_status_kb(_RSS)
-        except OSError as error:
-            raise ValueError(
-                f"cannot measure CPU peak memory here ({error}): it needs Linux's "
-                "/proc/self/status and a writable /proc/self/clear_refs"
-            ) from error
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            # The kernel updates VmHWM lazily (it can trail the resident size by a few pages), so
-            # the peak is at least what was resident at entry and at exit.
-            resident = _proc_status_kb(_RSS)
-            self.peak_bytes = max(_proc_status_kb(_HWM), resident, self.baseline_bytes)
-
-
 def stop_token_ids(model, tokenizer) -> set[int]:
     """End-of-sequence ids of the tokenizer and the model's generation config."""
     ids = set()
@@ -222,7 +162,7 @@ def greedy_timed(model, input_ids, max_new_tokens: int, stop_ids: set[int], bar=
     import torch
     from transformers import DynamicCache
 
-    from ..bench.measure import synchronize
+    from ..bench.measure import PeakMemory, synchronize
 
     device = input_ids.device
     cache = {_cache_argument(model): DynamicCache(config=model.config)}
@@ -278,23 +218,6 @@ def encode_prompt(tokenizer, text: str, chat: bool, device):
     else:
         encoded = tokenizer(text, return_tensors="pt")
     return encoded["input_ids"].to(device)
-
-
-def use_attention(model, contender, args) -> None:
-    """Switch ``model`` to SDPA for ``dense``, else to dhsa with the contender's method/budget."""
-    from ..config import DHSAConfig
-    from ..hf import configure
-
-    if contender.method == "dense":
-        model.set_attn_implementation("sdpa")
-        return
-    config = DHSAConfig(
-        chunker=args.chunker,
-        min_length=args.min_length,
-        budget=contender.budget,
-        share_boundaries=args.boundaries == "shared",
-    )
-    configure(model, config, method=contender.method)
 
 
 def _row(contender, runs: list[Generation], text: str, prompt_tokens: int) -> dict:
@@ -366,8 +289,16 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..eval.generation import contenders
-    from ..eval.options import check_context, model_context, open_model, parse_lengths, parse_names
+    from ..eval.options import (
+        base_config,
+        check_context,
+        model_context,
+        open_model,
+        parse_lengths,
+        parse_names,
+    )
     from ..eval.results import describe_device, now, write_json
+    from ..hf import use_attention
 
     text = read_prompt(args.prompt_file)
     methods = [m for m in parse_names(args.methods) if m != "dense"]
@@ -384,6 +315,7 @@ def run(args) -> int:
             f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}"
         )
     budgets = parse_lengths(args.budgets, "budget")
+    base = base_config(args)
     runs = contenders(([] if args.no_dense else ["dense"]) + methods, budgets)
     if args.threads is not None:
         import torch
@@ -410,7 +342,7 @@ def run(args) -> int:
         desc="generate",
     ) as bar:
         for contender in runs:
-            use_attention(model, contender, args)
+            use_attention(model, contender.method, contender.config(base))
             timed = []
             for index in range(passes):
                 warm = index < args.warmup

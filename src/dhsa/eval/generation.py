@@ -1,8 +1,7 @@
 """Greedy answers from a Hugging Face causal LM under one attention method at a time.
 
 A :class:`Contender` names the attention a model runs: ``dense`` or a sparse method at a token
-budget. :func:`use_contender` switches the loaded model to it through :func:`dhsa.configure`
-(sparse selection applies whenever the keys outnumber the budget: ``min_length`` is 0).
+budget; :func:`dhsa.hf.use_attention` switches a loaded model to it.
 """
 
 from __future__ import annotations
@@ -35,9 +34,10 @@ class Contender:
         return self.label if self.budget is None else f"{self.label}@{self.budget}"
 
     def config(self, base: DHSAConfig) -> DHSAConfig:
+        """``base`` with this contender's budget and scoring."""
         budget = base.budget if self.budget is None else self.budget
         scoring = base.scoring if self.scoring is None else self.scoring
-        return base.replace(budget=budget, min_length=0, scoring=scoring)
+        return base.replace(budget=budget, scoring=scoring)
 
 
 def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:
@@ -46,13 +46,6 @@ def contenders(methods: list[str], budgets: list[int]) -> list[Contender]:
     sparse = [split_method(m) for m in methods if m != "dense"]
     out += [Contender(method, b, scoring) for method, scoring in sparse for b in budgets]
     return out
-
-
-def use_contender(model, contender: Contender, base: DHSAConfig) -> None:
-    """Route ``model``'s attention through dhsa with ``contender``'s method and budget."""
-    from ..hf import configure
-
-    configure(model, contender.config(base), method=contender.method)
 
 
 def token_counter(tokenizer) -> TokenCounter:
@@ -72,9 +65,11 @@ def _first_line_done(tokenizer, prompt_len: int):
     return FirstLine()
 
 
-def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+def greedy_answer(
+    model, tokenizer, prompt: str, max_new_tokens: int, *, first_line: bool = True
+) -> tuple[str, int]:
     """``(reply, prompt_tokens)``: greedy decoding of up to ``max_new_tokens``, stopping after the
-    first line of the reply."""
+    first line of the reply when ``first_line``."""
     from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
@@ -85,7 +80,9 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[s
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            stopping_criteria=StoppingCriteriaList([_first_line_done(tokenizer, prompt_len)]),
+            stopping_criteria=StoppingCriteriaList(
+                [_first_line_done(tokenizer, prompt_len)] if first_line else []
+            ),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         )
     reply = tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)

@@ -53,6 +53,18 @@ class LongBenchSample:
         return template.format(context=self.context, input=self.input)
 
 
+def truncate_middle(tokenizer, prompt: str, max_tokens: int) -> str:
+    """``prompt`` cut to at most about ``max_tokens`` tokens as LongBench does: the first and the
+    last ``max_tokens // 2`` tokens are kept (the instructions and the question), the middle of
+    the context goes."""
+    tokens = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(tokens) <= max_tokens:
+        return prompt
+    half = max_tokens // 2
+    head = tokenizer.decode(tokens[:half], skip_special_tokens=True)
+    return head + tokenizer.decode(tokens[len(tokens) - half :], skip_special_tokens=True)
+
+
 def _sample_from_record(record: dict, where: str) -> LongBenchSample:
     missing = [name for name in ("input", "context", "answers", "dataset") if name not in record]
     if missing:

@@ -32,9 +32,12 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: bool = True) -> None:
-    """Model, device, haystack, config and output options every eval command takes (``decode``:
-    with ``--decode``, for the commands that generate)."""
+def add_model_options(
+    p: argparse.ArgumentParser, default_out: str, *, decode: bool = True, synthetic: bool = True
+) -> None:
+    """Model, device, config and output options every eval command takes (``decode``: with
+    ``--decode``, for the commands that generate; ``synthetic``: with ``--haystack`` and
+    ``--seed``, for the commands that build their prompts from essays)."""
     p.add_argument(
         "--model",
         required=True,
@@ -43,12 +46,13 @@ def add_model_options(p: argparse.ArgumentParser, default_out: str, *, decode: b
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--models-dir", help="folder of fetched models (default $DHSA_MODELS_DIR)")
-    p.add_argument(
-        "--haystack",
-        default=DEFAULT_HAYSTACK,
-        help='essay JSON {"text": ...} used as haystack (default: %(default)s)',
-    )
-    p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
+    if synthetic:
+        p.add_argument(
+            "--haystack",
+            default=DEFAULT_HAYSTACK,
+            help='essay JSON {"text": ...} used as haystack (default: %(default)s)',
+        )
+        p.add_argument("--seed", type=int, default=0, help="sample seed (same seed, same prompts)")
     p.add_argument(
         "--chunker",
         choices=CHUNKERS,
@@ -107,18 +111,21 @@ def split_method(name: str) -> tuple[str, str | None]:
 
 
 def base_config(args) -> DHSAConfig:
-    """The dhsa configuration the options ask for; ValueError for a predictor without
-    ``--chunker learned`` (it would be ignored) or a learned chunker without a predictor."""
-    if args.predictor and args.chunker != "learned":
+    """The dhsa configuration the options of an eval command or ``dhsa generate`` ask for (an
+    option the command lacks keeps its default; ``min_length`` is 0 unless ``--min-length``);
+    ValueError for a predictor without ``--chunker learned`` (it would be ignored) or a learned
+    chunker without a predictor."""
+    predictor = getattr(args, "predictor", None)
+    if predictor and args.chunker != "learned":
         raise ValueError(f"--predictor is used only with --chunker learned, not {args.chunker!r}")
     min_chunk, max_chunk = parse_chunk_range(getattr(args, "chunk_range", None))
     return DHSAConfig(
         chunker=args.chunker,
-        predictor=args.predictor,
-        min_length=0,
+        predictor=predictor,
+        min_length=getattr(args, "min_length", 0),
         share_boundaries=args.boundaries == "shared",
         sparse_decode=getattr(args, "decode", "sparse") == "sparse",
-        boundary_z=args.boundary_z,
+        boundary_z=getattr(args, "boundary_z", DHSAConfig.boundary_z),
         min_chunk=min_chunk,
         max_chunk=max_chunk,
     )
@@ -174,11 +181,11 @@ def open_model(args, *, methods=(), budgets=(), lengths=()):
     import torch
     from tqdm import tqdm
 
-    from ..methods import get_selector
+    from ..methods import get_method
     from ..models import context_length, load_model
 
     for method in methods:
-        get_selector(split_method(method)[0])
+        get_method(split_method(method)[0])
     for budget in budgets:
         DHSAConfig(budget=budget)
     check_device(args.device)
@@ -238,6 +245,18 @@ def method_label(
     return label + ("" if sparse_decode else "/dense-decode")
 
 
+def recorded_name(label: str, config: DHSAConfig) -> str:
+    """:func:`method_label` of a contender's ``label`` under the base ``config``."""
+    return method_label(
+        label,
+        config.chunker,
+        config.share_boundaries,
+        config.sparse_decode,
+        config.boundary_z,
+        (config.min_chunk, config.max_chunk),
+    )
+
+
 def add_grid_options(p, *, lengths: str, samples: int) -> None:
     """Lengths, methods, budgets and samples of a NIAH or RULER grid."""
     p.add_argument(
@@ -245,9 +264,17 @@ def add_grid_options(p, *, lengths: str, samples: int) -> None:
         default=lengths,
         help="comma-separated prompt lengths in tokens (4096 or 4k; default %(default)s)",
     )
+    add_contender_options(p, methods="dense,dhsa,block_sparse,streaming")
+    p.add_argument(
+        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
+    )
+
+
+def add_contender_options(p, *, methods: str) -> None:
+    """The attention methods (default ``methods``) and the budgets of the sparse ones."""
     p.add_argument(
         "--methods",
-        default="dense,dhsa,block_sparse,streaming",
+        default=methods,
         help="comma-separated attention methods (default %(default)s)",
     )
     p.add_argument(
@@ -256,7 +283,4 @@ def add_grid_options(p, *, lengths: str, samples: int) -> None:
         dest="budgets",
         default="1024,2048",
         help="comma-separated token budgets of the sparse methods (default %(default)s)",
-    )
-    p.add_argument(
-        "--samples", type=int, default=samples, help="samples per cell (default %(default)s)"
     )

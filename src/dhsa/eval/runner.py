@@ -15,9 +15,10 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from ..config import DHSAConfig
-from .generation import Contender, greedy_answer, use_contender
+from ..hf import use_attention
+from .generation import Contender, greedy_answer
 from .metrics import string_match_all
-from .options import method_label
+from .options import recorded_name
 from .results import ResultStore
 from .ruler import Sample
 
@@ -56,17 +57,7 @@ def run_grid(
     total = len(lengths) * samples * len(items) * len(contenders)
     # dhsa with another chunker or per-layer boundaries is recorded under its own name, so runs
     # of several chunkers can share a result file without taking each other's cells as done.
-    names = {
-        c: method_label(
-            c.label,
-            base_config.chunker,
-            base_config.share_boundaries,
-            base_config.sparse_decode,
-            base_config.boundary_z,
-            (base_config.min_chunk, base_config.max_chunk),
-        )
-        for c in contenders
-    }
+    names = {c: recorded_name(c.label, base_config) for c in contenders}
     ran = 0
     with tqdm(total=total, disable=not progress, desc=f"{item_field} cells", unit="cell") as bar:
         for length in sorted(lengths):
@@ -98,7 +89,7 @@ def run_grid(
 
 def answer_cell(model, tokenizer, sample: Sample, contender: Contender, base: DHSAConfig) -> dict:
     """Run one contender on one sample: the record fields of the answer and its score."""
-    use_contender(model, contender, base)
+    use_attention(model, contender.method, contender.config(base))
     start = time.perf_counter()
     reply, prompt_tokens = greedy_answer(model, tokenizer, sample.prompt, sample.max_new_tokens)
     score = string_match_all(reply, sample.answers)

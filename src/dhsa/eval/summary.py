@@ -45,6 +45,18 @@ def ruler_summary(store: ResultStore) -> dict:
     }
 
 
+def longbench_summary(store: ResultStore) -> dict:
+    """Per contender: score per data set (mean over its samples) and overall (mean over the data
+    sets, as LongBench averages)."""
+    datasets = mean_by(store.cells, ["model", "method", "budget", "dataset"])
+    return {
+        "kind": "longbench",
+        "runs": store.runs,
+        "datasets": _percent(datasets),
+        "overall": _percent(mean_by(datasets, ["model", "method", "budget"])),
+    }
+
+
 def write_ruler_outputs(store: ResultStore, out: Path) -> tuple[dict, list[Path]]:
     """The summary document, written as JSON beside ``out``."""
     document = ruler_summary(store)

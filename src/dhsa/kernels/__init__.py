@@ -1,6 +1,13 @@
 """Backends that run attention over a span layout: ``reference``, ``torch`` and ``triton``."""
 
-from .dispatch import BACKENDS, attend, attend_decode, resolve_backend, triton_available
+from .dispatch import (
+    BACKENDS,
+    attend,
+    attend_decode,
+    resolve_backend,
+    run_backend,
+    triton_available,
+)
 from .reference import attend_reference
 from .torch_tiled import attend_torch
 
@@ -11,5 +18,6 @@ __all__ = [
     "attend_reference",
     "attend_torch",
     "resolve_backend",
+    "run_backend",
     "triton_available",
 ]

@@ -77,6 +77,24 @@ def attend(
     scale = check_scale(scale, q.shape[-1])
     softcap = check_softcap(softcap)
     name = resolve_backend(backend, q.device)
+    return run_backend(
+        name, q, k, v, layout, scale=scale, softcap=softcap, tile_elements=tile_elements
+    )
+
+
+def run_backend(
+    name: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: Layout,
+    *,
+    scale: float,
+    softcap: float | None,
+    tile_elements: int,
+) -> Tensor:
+    """:func:`attend` on inputs a public entry point has already checked: ``name`` a concrete
+    backend from :func:`resolve_backend`, ``scale`` a float, the layout made for these tensors."""
     if name == "reference":
         return attend_reference(q, k, v, layout, scale=scale, softcap=softcap)
     if name == "torch":

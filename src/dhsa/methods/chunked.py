@@ -21,6 +21,7 @@ from .scoring import (
     peak_scores,
     probe_chunk_scores,
     query_block_representations,
+    triton_peak_usable,
 )
 
 # One tile of the ``peak`` rescoring gathers the keys of its rows' candidates: up to this many
@@ -76,7 +77,10 @@ def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_m
     longest, shortest = (int(x) for x in torch.stack([lengths.max(), positive.min()]).tolist())
     room = max(int((config.budget - regions.fixed_cost).clamp(min=0).max()), 1)
     width = CANDIDATE_FACTOR * room + longest
-    per_row = k.shape[0] * kv_heads * width * (dim + head_q.shape[2] + 4)
+    # Per row: stage 1's logits of every head and chunk, and per slot of stage 2 the gathered key
+    # and its logits (none where the Triton kernel reads the keys in place).
+    per_slot = 1 if triton_peak_usable(k.device, dim) else dim + head_q.shape[2] + 4
+    per_row = k.shape[0] * kv_heads * (width * per_slot + 2 * head_q.shape[2] * lo.shape[1])
     factor = PEAK_TILE_FACTOR.get(k.device.type, PEAK_TILE_FACTOR["cpu"])
     tile = max(1, factor * config.tile_elements // max(per_row, 1))
     num_blocks = head_q.shape[3]

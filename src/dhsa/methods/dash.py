@@ -2,14 +2,14 @@
 
 Like every selector here, each query block keeps the attention sink and its local window
 (``config.sink``, ``config.local``). The candidate keys between them are cut into blocks of
-``C = config.dash_block`` tokens, each summarized by its mean key. Query block ``qb``
+``C = config.dash.block`` tokens, each summarized by its mean key. Query block ``qb``
 (``config.query_block`` queries, the query heads of a KV group averaged, mean query ``q_qb``)
-scores them, ``z = dash_sparsity * scale * q_qb . k_block``, and ``p = entmax15(z)`` is sparse:
+scores them, ``z = dash.sparsity * scale * q_qb . k_block``, and ``p = entmax15(z)`` is sparse:
 the blocks with ``p > 0`` are the selection, a number that follows the scores. The token budget
 caps it: kept blocks are taken in descending ``p`` until ``budget`` keys, the last one cut to its
 latest keys. On sliding-window layers only blocks inside the window are candidates.
 
-With ``config.dash_prior`` every kept block's keys get ``log p`` added to their logits, so the
+With ``config.dash.prior`` every kept block's keys get ``log p`` added to their logits, so the
 attention is the block prior times the in-block softmax; the sink and window get the row's largest
 ``log p``.
 """
@@ -43,7 +43,7 @@ def dash_probabilities(
     regions = block_regions(
         q.shape[2], k_len, config.query_block, config.sink, config.local, sliding_window, k.device
     )
-    bounds = fixed_boundaries(batch, k_len, config.dash_block, k.device)
+    bounds = fixed_boundaries(batch, k_len, config.dash.block, k.device)
     lo = torch.maximum(bounds[0, None, :-1], regions.candidate_start[:, None])
     hi = torch.minimum(bounds[0, None, 1:], regions.candidate_end[:, None])
     cost = (hi - lo).clamp(min=0)
@@ -52,7 +52,7 @@ def dash_probabilities(
     scores = q_rep @ k_rep.transpose(-1, -2)
     if not bool(torch.isfinite(scores).all()):
         raise NonFiniteInputError("q or k contains NaN or Inf: dash block scores are not finite")
-    scores = ((config.dash_sparsity * scale) * scores).masked_fill(cost == 0, -torch.inf)
+    scores = ((config.dash.sparsity * scale) * scores).masked_fill(cost == 0, -torch.inf)
     # A row without candidates (a block near the start) keeps only its sink and window.
     empty = (cost == 0).all(-1)[None, None, :, None]
     probs = entmax15(scores.masked_fill(empty, 0.0)).masked_fill(empty, 0.0)
@@ -70,7 +70,7 @@ def select_dash(
 ) -> Layout:
     """DashAttention layout for ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]`` (module docstring).
 
-    With ``config.dash_prior`` the layout carries ``span_bias = log p`` per kept block.
+    With ``config.dash.prior`` the layout carries ``span_bias = log p`` per kept block.
     """
     batch, kv_heads, k_len, dim = k.shape
     q_len = q.shape[2]
@@ -88,7 +88,7 @@ def select_dash(
     take = torch.minimum((room - (size.cumsum(-1) - size)).clamp(min=0), size)
     take = torch.zeros_like(take).scatter(-1, order, take)
     block_end = torch.minimum(
-        (torch.arange(num_blocks, device=k.device) + 1) * config.dash_block,
+        (torch.arange(num_blocks, device=k.device) + 1) * config.dash.block,
         regions.candidate_end[:, None],
     ).expand(batch, kv_heads, -1, -1)
     fixed_starts, fixed_ends = regions.fixed_spans()
@@ -96,7 +96,7 @@ def select_dash(
     starts = torch.cat([fixed_starts.expand(shape), block_end - take], dim=-1)
     ends = torch.cat([fixed_ends.expand(shape), block_end], dim=-1)
     bias = None
-    if config.dash_prior:
+    if config.dash.prior:
         kept = torch.log(probs.clamp(min=torch.finfo(torch.float32).tiny))
         best = kept.amax(-1, keepdim=True).expand(-1, -1, -1, 2)
         bias = torch.cat([best, kept], dim=-1).reshape(-1, num_blocks + 2)

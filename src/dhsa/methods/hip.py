@@ -1,12 +1,12 @@
 """``hip`` (HiP attention): hierarchical top-k search for the key blocks each query block needs.
 
 Per query block, the candidate keys (between the attention sink and the local window, inside the
-sliding window if any) are cut into ``n = room // hip_block`` equal ranges, ``room`` being the
-budget left after sink and window. Each round halves every range longer than ``hip_block`` and
+sliding window if any) are cut into ``n = room // hip.block`` equal ranges, ``room`` being the
+budget left after sink and window. Each round halves every range longer than ``hip.block`` and
 scores each half by the largest dot product between the block's queries (every query head of the
-KV group) and a representative block of ``hip_block`` keys at the half's centre; the best
+KV group) and a representative block of ``hip.block`` keys at the half's centre; the best
 ``n`` halves survive. After about ``log2(candidates / room)`` rounds the ``n`` survivors are at
-most ``hip_block`` long and become the selected spans, so no query exceeds the budget.
+most ``hip.block`` long and become the selected spans, so no query exceeds the budget.
 
 Each round costs ``2 * room * G * query_block * D`` per query block, so selection is
 ``O(L * room * D * log(L / room))`` in time and never forms an ``L x L`` tensor.
@@ -65,7 +65,7 @@ def _search(
     keep: int,
     rep: int,
 ) -> tuple[Tensor, Tensor]:
-    """Hierarchical top-``keep`` ranges of ``[start, end)`` ``[T]``, ``hip_block = rep`` long.
+    """Hierarchical top-``keep`` ranges of ``[start, end)`` ``[T]``, ``hip.block = rep`` long.
 
     Returns ``lo, hi [R, T, keep]`` (empty ranges where the candidates ran out).
     """
@@ -98,7 +98,7 @@ def select_hip(
 ) -> Layout:
     """HiP layout for ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]`` (see the module docstring)."""
     batch, kv_heads, k_len, dim = k.shape
-    q_len, bq, rep = q.shape[2], config.query_block, config.hip_block
+    q_len, bq, rep = q.shape[2], config.query_block, config.hip.block
     regions = block_regions(q_len, k_len, bq, config.sink, config.local, sliding_window, k.device)
     queries = _padded_query_blocks(q, kv_heads, bq)
     keys = k.reshape(batch * kv_heads, k_len, dim).float()

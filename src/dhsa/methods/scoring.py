@@ -7,6 +7,8 @@ Query blocks use the same rule over the block's tokens, with the query heads of 
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import Tensor
 
@@ -99,6 +101,7 @@ def peak_scores(
     longest: int,
     prior: Tensor | None = None,
     exact_prior: bool = False,
+    use_triton: bool | None = None,
 ) -> Tensor:
     """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
 
@@ -126,25 +129,40 @@ def peak_scores(
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
-    device = k.device
     lo = chunk_lo[:, None, None, :]
     hi = chunk_hi[:, None, None, :]
-    lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
-    visible = (lo < visible_end[None, None, :, None]) & (hi > visible_start[None, None, :, None])
-    visible &= hi > lo
-    coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
-    coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
-    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
-    stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
-    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).expand(-1, kv_heads, -1, -1)
-    cand_hi = torch.minimum(hi, candidate_hi[None, None, :, None]).expand(-1, kv_heads, -1, -1)
-    cost = (cand_hi - cand_lo).clamp(min=0)
-    stage1 = stage1.masked_fill(cost == 0, -torch.inf)
+    if use_triton is None:
+        use_triton = triton_peak_usable(k.device, dim)
+    if use_triton:  # stage 1 in one launch: the [G, T, N] logits stay in registers
+        from .triton_peak import chunk_mass
+
+        stage1, lse = chunk_mass(
+            head_q, chunk_means, chunk_lo, chunk_hi, visible_start, visible_end, scale=scale
+        )
+        lse = lse[..., None]
+    else:
+        lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
+        visible = (lo < visible_end[None, None, :, None]) & (
+            hi > visible_start[None, None, :, None]
+        )
+        visible &= hi > lo
+        coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
+        coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
+        lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
+        stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
+    # Each chunk's part of the candidate region is the same for every head: [B, 1, T, N] tensors
+    # (int32: half the bytes), expanded (not copied) where a gather needs the heads.
+    cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).int()
+    cost = (torch.minimum(hi, candidate_hi[None, None, :, None]).int() - cand_lo).clamp(min=0)
+    unseen = cost == 0
+    cand_lo = cand_lo.expand(-1, kv_heads, -1, -1)
+    cost = cost.expand(-1, kv_heads, -1, -1)
+    stage1 = stage1.masked_fill(unseen, -torch.inf)
     cover = CANDIDATE_FACTOR * room
     rank = stage1
     if prior is not None:
         # The prior's best chunks covering `room` keys come first, on top of stage 1's cover.
-        p_best, p_order = prior.masked_fill(cost == 0, -torch.inf).sort(dim=-1, descending=True)
+        p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(dim=-1, descending=True)
         p_size = cost.gather(-1, p_order)
         p_first = ((p_size.cumsum(-1) - p_size) < room) & (p_best > -torch.inf)
         lead = torch.zeros_like(p_first).scatter(-1, p_order, p_first)
@@ -158,26 +176,74 @@ def peak_scores(
     chosen = (before < cover) & (best > -torch.inf)
     size = size * chosen
     ends = size.cumsum(-1)
+    offset = cand_lo.gather(-1, order) - (ends - size)
+    queries = head_q.to(k.dtype)
     width = cover + longest
-    slots = torch.arange(width, device=device).expand(batch, kv_heads, rows, -1).contiguous()
-    which = torch.searchsorted(ends, slots, right=True)  # [B, Hkv, T, W]: the slot's chunk
-    filled = which < ranked
-    which = which.clamp(max=ranked - 1)
-    start = cand_lo.gather(-1, order)
-    positions = start.gather(-1, which) + slots - (ends - size).gather(-1, which)
-    positions = positions.clamp(min=0, max=k.shape[2] - 1).reshape(batch * kv_heads, -1)
-    heads = torch.arange(batch * kv_heads, device=device)[:, None]
-    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[heads, positions]
-    keys = keys.view(batch, kv_heads, rows, width, dim)
-    fine = keys @ head_q.to(k.dtype).permute(0, 1, 3, 4, 2)  # [B, Hkv, T, W, G]
-    fine = (scale * fine.float() - lse.permute(0, 1, 3, 4, 2)).amax(dim=-1)
-    fine = fine.masked_fill(~filled, -torch.inf)
-    peak = torch.full_like(best, -torch.inf).scatter_reduce(-1, which, fine, reduce="amax")
+    peak = chunk_peaks(queries, lse[..., 0], k, offset, ends, width, scale, use_triton)
     if prior is not None and exact_prior:
         peak = torch.maximum(peak, prior.gather(-1, order))
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
-    low = low.masked_fill(cost == 0, -torch.inf)
+    low = low.masked_fill(unseen, -torch.inf)
     return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+
+
+def triton_peak_usable(device: torch.device, dim: int) -> bool:
+    """True when stage 2 of the ``peak`` scoring can run as the Triton kernel
+    (:mod:`dhsa.methods.triton_peak`): CUDA, triton importable, a power-of-two head size >= 16."""
+    if device.type != "cuda" or dim < 16 or dim & (dim - 1):
+        return False
+    try:
+        importlib.import_module("dhsa.methods.triton_peak")
+    except ImportError:
+        return False
+    return True
+
+
+def chunk_peaks(
+    head_q: Tensor,
+    lse: Tensor,
+    k: Tensor,
+    offset: Tensor,
+    ends: Tensor,
+    width: int,
+    scale: float,
+    use_triton: bool | None = None,
+) -> Tensor:
+    """Float32 ``[B, Hkv, T, K]``: each listed chunk's best key, ``max`` over its keys ``p`` and
+    the group's heads ``g`` of ``scale * head_q[b, h, g, t] . k[b, h, p] - lse[b, h, g, t]``;
+    ``-inf`` for empty chunks.
+
+    ``head_q [B, Hkv, G, T, D]`` in ``k``'s dtype, ``lse`` float32 ``[B, Hkv, G, T]``. Row ``(b,
+    h, t)`` lays its ``K`` chunks end to end in slots ``[0, ends[-1])`` (``ends`` non-decreasing,
+    at most ``width``): chunk ``j`` takes slots up to ``ends[j]``, and its slot ``w`` is key
+    ``offset[j] + w`` (clamped into the keys). The Triton kernel
+    (:mod:`dhsa.methods.triton_peak`) reads the keys in place; the tensor operations gather them
+    first (``T x width x D`` elements). ``use_triton`` None: the kernel where
+    :func:`triton_peak_usable`.
+    """
+    if use_triton is None:
+        use_triton = triton_peak_usable(k.device, k.shape[-1])
+    if use_triton:
+        from .triton_peak import chunk_peaks as kernel
+
+        return kernel(head_q, lse, k, offset, ends, width=width, scale=scale)
+    batch, kv_heads, group, rows, dim = head_q.shape
+    chunks = ends.shape[-1]
+    slots = torch.arange(width, device=k.device).expand(batch, kv_heads, rows, -1).contiguous()
+    which = torch.searchsorted(ends.contiguous(), slots, right=True)  # [B, Hkv, T, W]
+    filled = which < chunks
+    which = which.clamp(max=chunks - 1)
+    positions = (offset.gather(-1, which) + slots).clamp(min=0, max=k.shape[2] - 1)
+    heads = torch.arange(batch * kv_heads, device=k.device)[:, None]
+    keys = k.reshape(batch * kv_heads, k.shape[2], dim)[
+        heads, positions.reshape(batch * kv_heads, -1)
+    ]
+    keys = keys.view(batch, kv_heads, rows, width, dim)
+    fine = keys @ head_q.permute(0, 1, 3, 4, 2)  # [B, Hkv, T, W, G]
+    fine = (scale * fine.float() - lse.permute(0, 1, 3, 2)[:, :, :, None]).amax(dim=-1)
+    fine = fine.masked_fill(~filled, -torch.inf)
+    out = torch.full((batch, kv_heads, rows, chunks), -torch.inf, device=k.device)
+    return out.scatter_reduce(-1, which, fine, reduce="amax")
 
 
 def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, head_tile: int = 4) -> Tensor:

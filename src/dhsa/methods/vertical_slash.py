@@ -3,12 +3,12 @@
 The last query block's dense attention (its queries, all query heads of a KV group summed) gives
 two profiles per KV head: the mass of every key column (``vertical``) and the mass of every
 diagonal offset ``o = query position - key position`` (``slash``). Of the budget left after sink
-and local window, ``vs_slash_share`` goes to the top diagonals, each a query block wide, the rest
-to the top single columns. Every query block then keeps its sink and local window, the chosen
-columns, and for each chosen offset ``o`` the keys ``[block_start - o, block_end - o)``, all
-clipped to its candidate region (between sink and window, inside the sliding window if any), so no
-query exceeds the budget. Only columns and offsets that reach the last block's candidate region
-compete: the sink and window are kept anyway.
+and local window, ``config.vertical_slash.slash_share`` goes to the top diagonals, each a query
+block wide, the rest to the top single columns. Every query block then keeps its sink and local
+window, the chosen columns, and for each chosen offset ``o`` the keys
+``[block_start - o, block_end - o)``, all clipped to its candidate region (between sink and
+window, inside the sliding window if any), so no query exceeds the budget. Only columns and
+offsets that reach the last block's candidate region compete: the sink and window are kept anyway.
 
 Cost: one ``query_block x L`` attention per KV group, ``O(L * query_block * D)``.
 """
@@ -89,7 +89,7 @@ def select_vertical_slash(
     regions = block_regions(q_len, k_len, bq, config.sink, config.local, sliding_window, k.device)
     vertical, slash = last_block_profiles(q, k, bq, scale, sliding_window)
     room = int((config.budget - regions.fixed_cost).min())
-    num_slash = int(config.vs_slash_share * room) // bq
+    num_slash = int(config.vertical_slash.slash_share * room) // bq
     num_vertical = room - num_slash * bq
     positions = torch.arange(k_len, device=k.device)
     last_start, last_end = regions.candidate_start[-1], regions.candidate_end[-1]

@@ -16,10 +16,11 @@ Timed per token, after ``warmup`` untimed steps:
     i.e. what decode would cost without the incremental state.
 
 Before a sparse configuration is timed, its first step's output is checked against the reference
-backend on the same layout (fp32 dense masked softmax). Writes ``results.json`` beside this script
-with the command, device, date, load average and per-configuration timings.
+backend on the same layout (fp32 dense masked softmax). Writes ``results.json`` in
+``benchmarks/decode_cpu/`` with the command, device, date, load average and per-configuration
+timings.
 
-    python benchmarks/decode_cpu/run.py [--lengths 4096 8192 ...] [--budgets 512 1024 ...]
+    python benchmarks/decode_cpu/scripts/run.py [--lengths 4096 8192 ...] [--budgets 512 1024 ...]
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def main() -> int:
         help="also time selection from scratch per token (dhsa_fresh)",
     )
     parser.add_argument("--fresh-steps", type=int, default=8)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    parser.add_argument("--out", default=str(Path(__file__).parents[1] / "results.json"))
     parser.add_argument(
         "--threads",
         type=int,

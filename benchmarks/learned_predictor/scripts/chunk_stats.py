@@ -2,7 +2,7 @@
 of the learned and similarity chunkers (default DHSAConfig limits), from the labelled keys train.sh
 stores beside the predictor. Writes chunk_stats.json beside this file:
 
-    .venv/bin/python benchmarks/learned_predictor/chunk_stats.py
+    .venv/bin/python benchmarks/learned_predictor/scripts/chunk_stats.py
 """
 
 import json
@@ -13,8 +13,8 @@ import torch
 from dhsa.chunking import learned_boundaries, load_predictor, similarity_boundaries
 from dhsa.chunking.training import LabelledKeys, evaluate
 
-HERE = Path(__file__).parent
-PREDICTOR = HERE / "smollm2-predictor.pt"
+RECORDS = Path(__file__).parents[1]  # the folder of the records, above scripts/
+PREDICTOR = RECORDS / "smollm2-predictor.pt"
 stored = torch.load(f"{PREDICTOR}.data.pt", weights_only=True)
 layers = stored["settings"]["layers"]
 held_out = max(1, len(stored["slices"]) // 5)
@@ -45,4 +45,4 @@ for i, layer in enumerate(layers):
         }
     )
 document = {"length": stored["settings"]["length"], "held_out_slices": held_out, "layers": rows}
-(HERE / "chunk_stats.json").write_text(json.dumps(document, indent=1) + "\n")
+(RECORDS / "chunk_stats.json").write_text(json.dumps(document, indent=1) + "\n")

@@ -1,6 +1,6 @@
 """Where dhsa's prefill selection spends its time on the GPU, stage by stage.
 
-Usage (GPU machine, repository root): python3 benchmarks/gpu/profile_stages.py [LENGTH]
+Usage (GPU machine, repository root): python3 benchmarks/gpu/scripts/profile_stages.py [LENGTH]
 Times each stage of ``dhsa.select`` (boundaries, representations, the greedy fill, the kernel's
 key stream) on its own with ``do_bench`` (the fill both as chosen on CUDA, by the Triton kernel,
 and by the torch tensor steps), then prints the top CUDA kernels and the host time of the
@@ -11,7 +11,7 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "src"))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402

@@ -1,6 +1,6 @@
 """Trace one NIAH answer: which decode steps and layers keep the needle's value tokens.
 
-Usage: python benchmarks/accuracy/needle_trace.py MODEL LENGTH BUDGET INDEX DEPTH
+Usage: python benchmarks/accuracy/scripts/needle_trace.py MODEL LENGTH BUDGET INDEX DEPTH
 (CPU, float32, the haystack from $DHSA_HAYSTACK or ../shared/data/PaulGrahamEssays.json.)
 
 Generates the answer of NIAH cell ``(LENGTH, INDEX, DEPTH)`` with dhsa at BUDGET and, at every

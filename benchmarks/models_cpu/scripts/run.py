@@ -16,7 +16,7 @@ script as soon as it is done (a rerun skips recorded stages unless ``--force``):
     at budget 1024): whether each continuation contains the number, prefill time, decode tokens/s,
     peak memory. The prompt's sha256 is recorded so the same prompt can be rebuilt.
 
-    DHSA_MODELS_DIR=models python benchmarks/models_cpu/run.py [--models smollm2 gemma3]
+    DHSA_MODELS_DIR=models python benchmarks/models_cpu/scripts/run.py [--models smollm2 gemma3]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dhsa.models import load_model
 
 NEEDLE_LENGTHS = {"smollm2": 4096, "gemma3": 16384}
 PERPLEXITY_TOKENS = 1024
-HERE = Path(__file__).parent
+RECORDS = Path(__file__).parents[1]  # the folder of the records, above scripts/
 
 
 def now() -> str:
@@ -202,7 +202,7 @@ def main() -> int:
     parser.add_argument("--haystack", default=DEFAULT_HAYSTACK)
     parser.add_argument("--prompts", help="folder for the prompt files (default: a temp folder)")
     parser.add_argument("--force", action="store_true", help="redo stages already recorded")
-    parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument("--out", default=str(RECORDS / "results.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Results(Path(args.out), args.force)

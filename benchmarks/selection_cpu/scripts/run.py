@@ -5,9 +5,10 @@ Times ``dhsa.select`` alone (no attention) at 4K..32K keys, ``B=1, Hq=8, Hkv=2, 
 bfloat16`` for the GPU record in ``benchmarks/gpu/selection.json``). Inputs are random with a
 slowly drifting shared component per 64 tokens (so block
 scores differ, as with real keys, and ``dash`` does not see a flat score landscape). Writes
-``results.json`` beside this script with the command, device, date and per-run numbers.
+``results.json`` in ``benchmarks/selection_cpu/`` with the command, device, date and per-run
+numbers.
 
-    python benchmarks/selection_cpu/run.py [--lengths 4096 8192 ...] [--methods dash hip ...]
+    python benchmarks/selection_cpu/scripts/run.py [--lengths 4096 ...] [--methods dash hip ...]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> int:
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    parser.add_argument("--out", default=str(Path(__file__).parents[1] / "results.json"))
     args = parser.parse_args()
     config = dhsa.DHSAConfig(budget=2048)
     runs = []
@@ -90,10 +91,10 @@ def main() -> int:
             "sink": config.sink,
             "local": config.local,
             "query_block": config.query_block,
-            "dash_block": config.dash_block,
-            "dash_sparsity": config.dash_sparsity,
-            "hip_block": config.hip_block,
-            "vs_slash_share": config.vs_slash_share,
+            "dash_block": config.dash.block,
+            "dash_sparsity": config.dash.sparsity,
+            "hip_block": config.hip.block,
+            "vs_slash_share": config.vertical_slash.slash_share,
         },
         "runs": runs,
     }

@@ -1,10 +1,12 @@
 """Selection cost of each dhsa scoring on the GPU (one layer, 32/8 heads, head size 128, bf16).
 
-Usage: python benchmarks/gpu/selection_cost.py [LENGTH ...]   (default 32768 131072)
+Usage: python benchmarks/gpu/scripts/selection_cost.py [--profile] [LENGTH ...]
+(default lengths 32768 131072)
 
 Prints one JSON line per length and scoring: ``dhsa.select`` time, the whole
 ``dhsa.sparse_attention`` time and the best dense SDPA time, medians of
-``triton.testing.do_bench``, all measured in the same process.
+``triton.testing.do_bench``, all measured in the same process. ``--profile`` adds, per length and
+scoring, the CUDA operations of one ``dhsa.select`` by their total device time (torch profiler).
 """
 
 import json
@@ -16,7 +18,17 @@ from triton.testing import do_bench
 import dhsa
 
 
-def main(lengths: list[int]) -> None:
+def profile(config, q, k) -> None:
+    """Print the 12 CUDA operations of one ``dhsa.select`` with the most device time."""
+    dhsa.select(q, k, config)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        dhsa.select(q, k, config)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+
+
+def main(lengths: list[int], with_profile: bool) -> None:
     torch.manual_seed(0)
     for length in lengths:
         q = torch.randn(1, 32, length, 128, device="cuda", dtype=torch.bfloat16)
@@ -48,7 +60,10 @@ def main(lengths: list[int]) -> None:
                 "device": torch.cuda.get_device_name(),
             }
             print(json.dumps(row), flush=True)
+            if with_profile:
+                profile(config, q, k)
 
 
 if __name__ == "__main__":
-    main([int(x) for x in sys.argv[1:]] or [32768, 131072])
+    args = [a for a in sys.argv[1:] if a != "--profile"]
+    main([int(x) for x in args] or [32768, 131072], "--profile" in sys.argv[1:])

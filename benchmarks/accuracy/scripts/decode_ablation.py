@@ -4,7 +4,7 @@ Answers the NIAH grid of one model, length and budget with dhsa twice: as shippe
 sparse decode), and with the decode steps attending densely (sparse prefill only). A needle that
 the second variant finds and the first loses was lost in decode. One JSON line per answer.
 
-Usage: python benchmarks/accuracy/decode_ablation.py MODEL LENGTH BUDGET SAMPLES OUT.jsonl
+Usage: python benchmarks/accuracy/scripts/decode_ablation.py MODEL LENGTH BUDGET SAMPLES OUT.jsonl
 (CPU, float32, the haystack from $DHSA_HAYSTACK or ../shared/data/PaulGrahamEssays.json; the
 models fetched with `dhsa models fetch`). A rerun skips the answers OUT already holds.
 """

@@ -15,5 +15,5 @@ python3 -m dhsa.cli bench --preset gpu --decode --lengths 32k,64k,128k --budgets
 python3 -m dhsa.cli bench --preset gpu --model llama-3.1-8b --lengths 32k,64k,128k --budgets 2048 \
   --methods dhsa --decode-tokens 16 --no-progress --out "$OUT/model_gpu.json" 2>&1 \
   | grep -v Warning | tee "$OUT/model.log"
-python3 benchmarks/gpu/profile_decode.py 2>&1 | grep -v Warn > "$OUT/profile_decode.txt"
+python3 benchmarks/gpu/scripts/profile_decode.py 2>&1 | grep -v Warn > "$OUT/profile_decode.txt"
 head -n 5 "$OUT/profile_decode.txt"

@@ -11,7 +11,7 @@ timeout 150 python3 -m pytest -p no:cacheprovider -p no:logging --tb=short tests
   tests/test_bench_gpu_peers.py tests/test_decode.py tests/test_attention.py tests/test_layout.py \
   > "$OUT/tests.log" 2>&1; tail -n 5 "$OUT/tests.log"
 for length in 131072 32768; do
-  timeout 60 python3 benchmarks/gpu/profile_stages.py $length 2>&1 | grep -v Warning >> "$OUT/profile_stages.txt"
+  timeout 60 python3 benchmarks/gpu/scripts/profile_stages.py $length 2>&1 | grep -v Warning >> "$OUT/profile_stages.txt"
 done
 grep -A7 "^L=" "$OUT/profile_stages.txt"
 timeout 330 python3 -m dhsa.cli bench --preset gpu --no-progress --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 \

@@ -1,6 +1,6 @@
 """Where prefill time goes on the GPU, and which Triton tiles are fastest.
 
-Usage (GPU machine, repository root): python3 benchmarks/gpu/profile_select.py [LENGTH]
+Usage (GPU machine, repository root): python3 benchmarks/gpu/scripts/profile_select.py [LENGTH]
 Prints the time of select() and attend() per method with the top CUDA kernels of select(), then
 times the prefill kernel over one dhsa layout (budget 2048) for several tile shapes.
 """
@@ -8,7 +8,7 @@ times the prefill kernel over one dhsa layout (budget 2048) for several tile sha
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "src"))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402

@@ -1,0 +1,328 @@
+"""Stage 2 of the ``peak`` scoring as one Triton launch: each candidate chunk's best key.
+
+A row ``(b, h, t)`` lists its candidate chunks in rank order, their keys laid end to end in the
+row's slots ``[0, ends[-1])``: chunk ``j`` takes slots ``[ends[j] - size[j], ends[j])``, and
+slot ``w`` of chunk ``j`` is key ``offset[j] + w`` (``offset = start - (ends - size)``). One
+program takes ``BLOCK_W`` slots of one row: it finds each slot's chunk by binary search in
+``ends``, loads the keys straight from ``k``, multiplies them with the group's queries on the
+tensor cores, and folds ``max_g (scale * q_g . k - lse_g)`` into its chunk's score with an
+atomic maximum. Only the candidate lists and the scores cross memory: no copy of the keys, no
+per-slot tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _segment_max(chunk_a, best_a, chunk_b, best_b):
+    """Combine of a running maximum that restarts where the chunk changes (slots are sorted by
+    chunk, so this is associative)."""
+    return chunk_b, tl.where(chunk_a == chunk_b, tl.maximum(best_a, best_b), best_b)
+
+
+@triton.jit(do_not_specialize=["rows", "chunks", "length"])
+def _chunk_peak_kernel(
+    q_ptr,
+    lse_ptr,
+    k_ptr,
+    offset_ptr,
+    ends_ptr,
+    out_ptr,
+    rows,
+    chunks,
+    length,
+    scale,
+    stride_qb,
+    stride_qg,
+    stride_qt,
+    stride_kb,
+    stride_kl,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    row = tl.program_id(1)  # t of the tile
+    head = tl.program_id(2)  # b * Hkv + h
+    base = (head * rows + row).to(tl.int64) * chunks
+    total = tl.load(ends_ptr + base + chunks - 1)
+    w = tile * BLOCK_W + tl.arange(0, BLOCK_W)
+    live = w < total
+    # The slot's chunk: the number of ends at or before it (a right-sided search).
+    lo = tl.zeros([BLOCK_W], dtype=tl.int32)
+    hi = tl.zeros([BLOCK_W], dtype=tl.int32) + chunks
+    for _ in range(SEARCH_STEPS):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        end = tl.load(ends_ptr + base + mid, mask=live & active, other=0)
+        right = end <= w
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & ~right, mid, hi)
+    which = tl.minimum(lo, chunks - 1)
+    chunk_end = tl.load(ends_ptr + base + which, mask=live, other=0)
+    pos = tl.load(offset_ptr + base + which, mask=live, other=0) + w
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, DIM)
+    q = tl.load(
+        q_ptr + head * stride_qb + g[:, None] * stride_qg + row * stride_qt + d[None, :],
+        mask=g[:, None] < GROUP,
+        other=0.0,
+    )
+    lse = tl.load(lse_ptr + (head * GROUP + g) * rows + row, mask=g < GROUP, other=float("inf"))
+    pos = tl.minimum(tl.maximum(pos, 0), length - 1).to(tl.int64)
+    keys = tl.load(
+        k_ptr + head.to(tl.int64) * stride_kb + pos[:, None] * stride_kl + d[None, :],
+        mask=live[:, None],
+        other=0.0,
+    )
+    if IEEE:
+        logits = tl.dot(q, tl.trans(keys), input_precision="ieee")
+    else:
+        logits = tl.dot(q, tl.trans(keys))
+    best = tl.max(logits * scale - lse[:, None], axis=0)  # padded heads are -inf
+    # Each chunk's maximum over this tile's slots, then one atomic per chunk: at its last slot
+    # here (its own last slot, or the tile's or the row's last).
+    _, best = tl.associative_scan((which, best), 0, _segment_max)
+    last = (w == chunk_end - 1) | (w == tile * BLOCK_W + BLOCK_W - 1) | (w == total - 1)
+    tl.atomic_max(out_ptr + base + which, best, mask=live & last)
+
+
+def chunk_peaks(
+    head_q: Tensor,
+    lse: Tensor,
+    k: Tensor,
+    offset: Tensor,
+    ends: Tensor,
+    *,
+    width: int,
+    scale: float,
+) -> Tensor:
+    """Float32 ``[B, Hkv, T, K]``: each listed chunk's ``max`` over its keys and the group's heads
+    of ``scale * head_q[b, h, g, t] . k[b, h, p] - lse[b, h, g, t]``; ``-inf`` for empty chunks.
+
+    ``head_q [B, Hkv, G, T, D]`` in ``k``'s dtype, ``lse`` float32 ``[B, Hkv, G, T]``, ``k [B,
+    Hkv, L, D]``; ``offset`` and ``ends`` integer ``[B, Hkv, T, K]``: the row's chunks laid end
+    to end end at ``ends`` (non-decreasing), slot ``w`` of chunk ``j`` being key ``offset[j] + w``
+    (clamped into the keys); ``width`` (a host integer, so nothing waits for the device) bounds
+    ``ends``. The head size must be a power of two of at least 16.
+    """
+    batch, kv_heads, group, rows, dim = head_q.shape
+    chunks = ends.shape[-1]
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"the Triton peak kernel needs a power-of-two head size >= 16, got {dim}")
+    out = torch.full((batch, kv_heads, rows, chunks), -torch.inf, device=k.device)
+    if out.numel() == 0 or width <= 0:
+        return out
+    queries = head_q.reshape(batch * kv_heads, group, rows, dim)
+    if queries.stride(-1) != 1:
+        queries = queries.contiguous()
+    keys = k.flatten(0, 1)  # a view when (b, h) share one stride, as caches' slices do
+    if keys.stride(-1) != 1:
+        keys = keys.contiguous()
+    block_w = 64
+    grid = (triton.cdiv(width, block_w), rows, batch * kv_heads)
+    _chunk_peak_kernel[grid](
+        queries,
+        lse.reshape(batch * kv_heads, group, rows).contiguous(),
+        keys,
+        offset.to(torch.int64).contiguous(),
+        ends.to(torch.int64).contiguous(),
+        out,
+        rows,
+        chunks,
+        k.shape[2],
+        float(scale),
+        queries.stride(0),
+        queries.stride(1),
+        queries.stride(2),
+        keys.stride(0),
+        keys.stride(1),
+        GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        DIM=dim,
+        BLOCK_W=block_w,
+        SEARCH_STEPS=max(1, chunks.bit_length()),
+        IEEE=k.dtype == torch.float32,
+        num_warps=4,
+    )
+    return out
+
+
+@triton.jit(do_not_specialize=["rows", "num_chunks"])
+def _chunk_mass_kernel(
+    q_ptr,
+    means_ptr,
+    lo_ptr,
+    hi_ptr,
+    start_ptr,
+    end_ptr,
+    span_ptr,
+    mass_ptr,
+    lse_ptr,
+    rows,
+    num_chunks,
+    num_tiles,
+    scale,
+    stride_qb,
+    stride_qg,
+    stride_qt,
+    stride_mb,
+    stride_mc,
+    kv_heads,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    ROWS: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    head = tl.program_id(1)  # b * Hkv + h
+    batch = head // kv_heads
+    m = tl.arange(0, ROWS * GROUP_PAD)  # one query row per (row of the tile, head of the group)
+    g = m % GROUP_PAD
+    t = tile * ROWS + m // GROUP_PAD
+    live = (g < GROUP) & (t < rows)
+    d = tl.arange(0, DIM)
+    q = tl.load(
+        q_ptr + head * stride_qb + g[:, None] * stride_qg + t[:, None] * stride_qt + d[None, :],
+        mask=live[:, None],
+        other=0.0,
+    )
+    first = tl.load(start_ptr + t, mask=t < rows, other=0)
+    last = tl.load(end_ptr + t, mask=t < rows, other=0)
+    base_c = tl.arange(0, BLOCK_C)
+    # Only the chunks some row of the tile sees: [c_begin, c_end).
+    c_begin = tl.load(span_ptr + (batch * num_tiles + tile) * 2)
+    c_end = tl.load(span_ptr + (batch * num_tiles + tile) * 2 + 1)
+    # Pass 1: lse = logsumexp_c(s_c + log n_c) over the visible chunks, online.
+    top = tl.full([ROWS * GROUP_PAD], float("-inf"), tl.float32)
+    total = tl.zeros([ROWS * GROUP_PAD], tl.float32)
+    for c0 in range(c_begin, c_end, BLOCK_C):
+        c = c0 + base_c
+        lo = tl.load(lo_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        hi = tl.load(hi_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        means = tl.load(
+            means_ptr + head * stride_mb + c[:, None] * stride_mc + d[None, :],
+            mask=c[:, None] < num_chunks,
+            other=0.0,
+        )
+        s = tl.dot(q, tl.trans(means), input_precision=PRECISION) * scale
+        seen = (lo[None, :] < last[:, None]) & (hi[None, :] > first[:, None]) & (hi > lo)[None, :]
+        seen = seen & live[:, None]
+        weighted = tl.where(seen, s + tl.log(tl.maximum(hi - lo, 1).to(tl.float32))[None, :], -1e30)
+        new_top = tl.maximum(top, tl.max(weighted, axis=1))
+        total = total * tl.exp(top - new_top) + tl.sum(
+            tl.where(seen, tl.exp(weighted - new_top[:, None]), 0.0), axis=1
+        )
+        top = new_top
+    lse = tl.where(total > 0, top + tl.log(total), float("-inf"))
+    tl.store(lse_ptr + (head * GROUP + g) * rows + t, lse, mask=live)
+    # Pass 2: each chunk's per-token mass exp(s_c - lse), summed over the group's heads.
+    for c0 in range(c_begin, c_end, BLOCK_C):
+        c = c0 + base_c
+        lo = tl.load(lo_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        hi = tl.load(hi_ptr + batch * num_chunks + c, mask=c < num_chunks, other=0)
+        means = tl.load(
+            means_ptr + head * stride_mb + c[:, None] * stride_mc + d[None, :],
+            mask=c[:, None] < num_chunks,
+            other=0.0,
+        )
+        s = tl.dot(q, tl.trans(means), input_precision=PRECISION) * scale
+        seen = (lo[None, :] < last[:, None]) & (hi[None, :] > first[:, None]) & (hi > lo)[None, :]
+        seen = seen & live[:, None] & (total > 0)[:, None]
+        mass = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)  # [ROWS * GROUP_PAD, BLOCK_C]
+        mass = tl.sum(tl.reshape(mass, [ROWS, GROUP_PAD, BLOCK_C]), axis=1)
+        row = tile * ROWS + tl.arange(0, ROWS)
+        tl.store(
+            mass_ptr + (head * rows + row)[:, None].to(tl.int64) * num_chunks + c[None, :],
+            mass,
+            mask=(row[:, None] < rows) & (c[None, :] < num_chunks),
+        )
+
+
+def chunk_mass(
+    head_q: Tensor,
+    chunk_means: Tensor,
+    chunk_lo: Tensor,
+    chunk_hi: Tensor,
+    visible_start: Tensor,
+    visible_end: Tensor,
+    *,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """Stage 1 of the ``peak`` scoring in one launch: float32 ``(mass [B, Hkv, T, N], lse [B,
+    Hkv, G, T])``, ``lse = logsumexp_c(scale * q_g . mean_c + log n_c)`` over the chunks visible
+    to the row and ``mass = sum_g exp(scale * q_g . mean_c - lse_g)`` (0 for the others).
+
+    ``head_q [B, Hkv, G, T, D]`` and ``chunk_means [B, Hkv, N, D]`` float32, ``chunk_lo,
+    chunk_hi`` int64 ``[B, N]``, ``visible_start, visible_end`` integer ``[T]``. Rows with no
+    visible chunk get ``lse = -inf`` and no mass. The ``[G, T, N]`` logits stay in registers.
+    """
+    batch, kv_heads, group, rows, dim = head_q.shape
+    num_chunks = chunk_means.shape[2]
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"the Triton peak kernel needs a power-of-two head size >= 16, got {dim}")
+    mass = torch.zeros(batch, kv_heads, rows, num_chunks, device=head_q.device)
+    lse = torch.full((batch, kv_heads, group, rows), -torch.inf, device=head_q.device)
+    if mass.numel() == 0:
+        return mass, lse
+    queries = head_q.float().reshape(batch * kv_heads, group, rows, dim)
+    if queries.stride(-1) != 1:
+        queries = queries.contiguous()
+    means = chunk_means.float().reshape(batch * kv_heads, num_chunks, dim).contiguous()
+    group_pad = triton.next_power_of_2(group)
+    tile_rows = max(1, 64 // group_pad)
+    num_tiles = triton.cdiv(rows, tile_rows)
+    # Per tile of rows, the index range of the chunks any of its rows sees (chunks need not be
+    # in position order: a decode table's unused slots sit between its chunks and its tail).
+    pad = num_tiles * tile_rows - rows
+    low = torch.nn.functional.pad(visible_start.to(torch.int64), (0, pad), value=1 << 62)
+    high = torch.nn.functional.pad(visible_end.to(torch.int64), (0, pad), value=-1)
+    low, high = low.view(num_tiles, -1).amin(-1), high.view(num_tiles, -1).amax(-1)
+    seen = (chunk_lo[:, None] < high[None, :, None]) & (chunk_hi[:, None] > low[None, :, None])
+    seen &= (chunk_hi > chunk_lo)[:, None]  # [B, tiles, N]
+    index = torch.arange(num_chunks, device=head_q.device)
+    c_begin = torch.where(seen, index, num_chunks).amin(-1)
+    c_end = torch.where(seen, index + 1, 0).amax(-1)
+    span = torch.stack([c_begin, c_end], dim=-1).contiguous()
+    grid = (num_tiles, batch * kv_heads)
+    _chunk_mass_kernel[grid](
+        queries,
+        means,
+        chunk_lo.to(torch.int64).contiguous(),
+        chunk_hi.to(torch.int64).contiguous(),
+        visible_start.to(torch.int64).contiguous(),
+        visible_end.to(torch.int64).contiguous(),
+        span,
+        mass,
+        lse,
+        rows,
+        num_chunks,
+        num_tiles,
+        float(scale),
+        queries.stride(0),
+        queries.stride(1),
+        queries.stride(2),
+        means.stride(0),
+        means.stride(1),
+        kv_heads,
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        ROWS=tile_rows,
+        DIM=dim,
+        BLOCK_C=32,
+        # Three TF32 products keep float32's accuracy on the tensor cores; the interpreter and
+        # other devices take the exact product.
+        PRECISION="tf32x3" if head_q.is_cuda else "ieee",
+        num_warps=4,
+    )
+    return mass, lse

@@ -1,0 +1,129 @@
+"""Stage 2 of the ``peak`` scoring as the Triton kernel against its tensor-operation form.
+
+Without a GPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, set here
+before triton is imported), as in ``test_triton.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from dhsa.methods.regions import block_regions  # noqa: E402
+from dhsa.methods.scoring import chunk_peaks, head_block_means, peak_scores  # noqa: E402
+
+pytest.importorskip("triton")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_lists(gen, batch, kv_heads, rows, chunks, length):
+    """Per row ``chunks`` random chunk lengths (some empty) laid end to end: ``offset, ends``,
+    the chunks' first keys ``start`` (some reaching past either end of the keys) and the width."""
+    size = torch.randint(0, 9, (batch, kv_heads, rows, chunks), generator=gen)
+    size[..., -2:] = 0  # unchosen tail candidates
+    start = torch.randint(-2, length, (batch, kv_heads, rows, chunks), generator=gen)
+    ends = size.cumsum(-1)
+    return start, size, start - (ends - size), ends, int(ends[..., -1].max())
+
+
+def float64_peaks(head_q, lse, k, start, size, scale):
+    """The definition, one chunk at a time in float64."""
+    batch, kv_heads, group, rows, _ = head_q.shape
+    out = torch.full(start.shape, -torch.inf, dtype=torch.float64)
+    for b, h, t, j in torch.cartesian_prod(*(torch.arange(n) for n in start.shape)).tolist():
+        s, n = int(start[b, h, t, j]), int(size[b, h, t, j])
+        for p in range(s, s + n):
+            key = k[b, h, min(max(p, 0), k.shape[2] - 1)].double()
+            logits = scale * (head_q[b, h, :, t].double() @ key) - lse[b, h, :, t].double()
+            out[b, h, t, j] = max(out[b, h, t, j], logits.max())
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("group", "dim", "chunks"), [(1, 16, 5), (3, 32, 23), (4, 16, 40)])
+def test_chunk_peaks_match_the_definition(rng, dtype, group, dim, chunks):
+    batch, kv_heads, rows, length = 2, 2, 3, 57
+    head_q = torch.randn(batch, kv_heads, group, rows, dim, generator=rng).to(dtype)
+    lse = torch.randn(batch, kv_heads, group, rows, generator=rng)
+    k = torch.randn(batch, kv_heads, length, dim, generator=rng).to(dtype)
+    start, size, offset, ends, width = random_lists(rng, batch, kv_heads, rows, chunks, length)
+    want = float64_peaks(head_q, lse, k, start, size, 0.3)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for use_triton in (False, True):
+        on = [t.to(DEVICE) for t in (head_q, lse, k, offset, ends)]
+        got = chunk_peaks(*on, width + 5, 0.3, use_triton).cpu().double()
+        assert torch.equal(got.isinf(), want.isinf()), use_triton
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+def test_chunk_peaks_read_a_sliced_cache(rng):
+    """Keys that are a slice of a longer cache (strided batch and head) are read in place."""
+    cache = torch.randn(2, 3, 40, 16, generator=rng)
+    k = cache[:, :, :29]
+    head_q = torch.randn(2, 3, 2, 4, 16, generator=rng)
+    lse = torch.randn(2, 3, 2, 4, generator=rng)
+    _, _, offset, ends, width = random_lists(rng, 2, 3, 4, 11, 29)
+    want = chunk_peaks(head_q, lse, k.contiguous(), offset, ends, width, 0.25, False)
+    on = [t.to(DEVICE) for t in (head_q, lse, k, offset, ends)]
+    got = chunk_peaks(*on, width, 0.25, True)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_peak_scores_with_the_kernel_equal_tensor_operations(seed):
+    gen = torch.Generator().manual_seed(seed)
+    batch, kv_heads, group, dim, length, block = 2, 2, 2, 16, 203, 16
+    q = torch.randn(batch, kv_heads * group, length, dim, generator=gen)
+    k = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    cuts = torch.sort(torch.randperm(length - 1, generator=gen)[:24] + 1).values
+    edges = torch.cat([torch.tensor([0]), cuts, torch.tensor([length])])
+    lo, hi = edges[:-1].expand(batch, -1), edges[1:].expand(batch, -1)
+    means = torch.stack([k[:, :, a:b].mean(2) for a, b in zip(lo[0], hi[0], strict=True)], dim=2)
+    regions = block_regions(length, length, block, 4, 8, None, torch.device("cpu"))
+    head_q = head_block_means(q, kv_heads, block)
+    args = (lo, hi, regions.lowest, regions.block_end, regions.candidate_start)
+    kwargs = dict(scale=0.25, room=40, shortest=int((hi - lo).min()), longest=int((hi - lo).max()))
+    want = peak_scores(head_q, k, means, *args, regions.candidate_end, **kwargs, use_triton=False)
+    on = [t.to(DEVICE) for t in (head_q, k, means, *args, regions.candidate_end)]
+    got = peak_scores(*on, **kwargs, use_triton=True)
+    assert torch.isfinite(want).any()
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize(("group", "rows", "num_chunks"), [(1, 5, 7), (3, 9, 40), (4, 33, 70)])
+def test_chunk_mass_matches_tensor_operations(rng, group, rows, num_chunks, shuffled):
+    """Stage 1 in one launch: per-head lse over the visible chunks and the group's summed mass,
+    rows seeing different chunk ranges (some none), padding chunks of length 0, and chunks out
+    of position order (as a decode table's slots are)."""
+    from dhsa.methods.triton_peak import chunk_mass
+
+    batch, kv_heads, dim, length = 2, 2, 16, 300
+    head_q = torch.randn(batch, kv_heads, group, rows, dim, generator=rng)
+    means = torch.randn(batch, kv_heads, num_chunks, dim, generator=rng)
+    cuts = torch.sort(torch.randint(0, length, (batch, num_chunks + 1), generator=rng)).values
+    lo, hi = cuts[:, :-1], cuts[:, 1:]
+    if shuffled:
+        order = torch.randperm(num_chunks, generator=rng)
+        lo, hi = lo[:, order], hi[:, order]
+    start = torch.randint(0, length, (rows,), generator=rng)
+    end = start + torch.randint(0, length, (rows,), generator=rng)
+    end[0] = start[0]  # a row that sees nothing
+    scale = 0.3
+    lengths = (hi - lo).clamp(min=1).float()[:, None, None, None, :]
+    visible = (lo[:, None, :] < end[None, :, None]) & (hi[:, None, :] > start[None, :, None])
+    visible = (visible & (hi > lo)[:, None, :])[:, None, None]  # [B, 1, 1, T, N]
+    coarse = scale * head_q.double() @ means[:, :, None].double().transpose(-1, -2)
+    coarse = coarse.masked_fill(~visible, -torch.inf)
+    want_lse = torch.logsumexp(coarse + lengths.double().log(), dim=-1)
+    want = (coarse - want_lse[..., None]).exp().nan_to_num(0.0).sum(dim=2)
+    on = [t.to(DEVICE) for t in (head_q, means, lo, hi, start, end)]
+    mass, lse = chunk_mass(*on, scale=scale)
+    torch.testing.assert_close(lse.cpu().double(), want_lse, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(mass.cpu().double(), want, atol=1e-5, rtol=1e-4)
+    assert torch.equal(mass.cpu() > 0, want > 0)
