@@ -120,3 +120,27 @@ def test_torch_decode_attention_within_the_budget_reads_nothing_back():
         )
     assert not reads.calls
     torch.testing.assert_close(bounded, measured, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync debug mode)")
+@pytest.mark.parametrize("scoring", ["peak", "paper"])
+def test_cuda_steps_on_a_static_cache_never_synchronize(scoring):
+    """CUDA's own detector: any synchronization in a step (selection and Triton attention) is an
+    error."""
+    config = dhsa.DHSAConfig(budget=2048, scoring=scoring)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 8, 1, 64, device="cuda", generator=gen, dtype=torch.bfloat16)
+    cache = torch.randn(2, 2, 20000, 64, device="cuda", generator=gen, dtype=torch.bfloat16)
+    values = torch.randn_like(cache)
+    session = DecodeSession()
+    for n in range(16384, 16448):  # warm-up: kernels compile, buffers grow
+        session.select_spans(q, cache[:, :, :n], config, layer=0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for n in range(16448, 16600):
+            keys, vals = cache[:, :, :n], values[:, :, :n]
+            starts, ends = session.select_spans(q, keys, config, layer=0)
+            dhsa.kernels.attend_decode(q, keys, vals, starts, ends, backend="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
