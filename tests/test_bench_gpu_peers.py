@@ -9,7 +9,7 @@ import torch
 
 import dhsa
 from conftest import make_qkv, naive_attention, rel_error
-from dhsa.bench.flex import blocks_layout, touched_blocks
+from dhsa.bench.flex import blocks_layout, random_blocks, touched_blocks
 from dhsa.cli import main
 
 SMALL = dhsa.DHSAConfig(budget=96, sink=8, local=16, query_block=16, min_chunk=2, max_chunk=16)
@@ -39,14 +39,29 @@ def test_block_layout_attention_is_exact_over_its_blocks(rng):
     assert rel_error(out, naive_attention(q, k, v, mask=mask)) < 1e-5
 
 
+def test_random_blocks_keep_each_rows_count_causally_with_the_diagonal(rng):
+    q, k, _ = make_qkv(2, 4, 2, 301, 301, 16, rng)
+    layout = dhsa.select(q, k, SMALL, method="dhsa")
+    touched = touched_blocks(layout, 16)
+    chosen = random_blocks(touched, layout, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(chosen.sum(1), touched.sum(1))
+    blocks_layout(chosen, layout, 16).validate()
+    # Square geometry: query block i's diagonal key block is block i; none past it is kept.
+    block_of_row = torch.arange(layout.num_rows) % layout.num_q_blocks
+    assert bool(chosen[torch.arange(layout.num_rows), block_of_row].all())
+    assert not bool((chosen & (torch.arange(chosen.shape[1]) > block_of_row[:, None])).any())
+    assert not torch.equal(chosen, touched), "the anchor's blocks are not the selection's"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention peer runs on CUDA")
-def test_flex_peer_matches_exact_attention_over_its_blocks():
+@pytest.mark.parametrize("name", ["flex_dhsa", "flex_random"])
+def test_flex_peer_matches_exact_attention_over_its_blocks(name):
     from dhsa.bench.contenders import get_contender
 
     generator = torch.Generator().manual_seed(0)
     q, k, v = (x.cuda() for x in make_qkv(1, 8, 2, 2048, 2048, 64, generator, torch.bfloat16))
     config = dhsa.DHSAConfig(budget=512, min_length=0)
-    prepared = get_contender("flex_dhsa").prepare(q, k, v, config, "auto")
+    prepared = get_contender(name).prepare(q, k, v, config, "auto")
     out = prepared.run().float().cpu()
     mask = prepared.layout.to_dense_mask().cpu()
     ref = naive_attention(*(x.float().cpu() for x in (q, k, v)), mask=mask)

@@ -5,8 +5,11 @@ Usage: python benchmarks/gpu/scripts/selection_cost.py [--profile] [LENGTH ...]
 
 Prints one JSON line per length and scoring: ``dhsa.select`` time, the whole
 ``dhsa.sparse_attention`` time and the best dense SDPA time, medians of
-``triton.testing.do_bench``, all measured in the same process. ``--profile`` adds, per length and
-scoring, the CUDA operations of one ``dhsa.select`` by their total device time (torch profiler).
+``triton.testing.do_bench``, all measured in the same process. For ``peak`` the row also holds its
+stages, each timed alone: the chunk boundaries, the chunk means, the peak scores of every tile
+(both stages and the probe), and the rest of ``dhsa.select`` (the fill and the layout) as the
+difference. ``--profile`` adds, per length and scoring, the CUDA operations of one
+``dhsa.select`` by their total device time (torch profiler).
 """
 
 import json
@@ -16,6 +19,34 @@ import torch
 from triton.testing import do_bench
 
 import dhsa
+from dhsa.chunking import compute_boundaries
+from dhsa.methods.chunked import _peak_tiles
+from dhsa.methods.regions import block_regions
+from dhsa.methods.scoring import chunk_representations
+
+
+def peak_stages(config, q, k) -> dict:
+    """Milliseconds of each stage of a ``peak`` selection, each timed alone."""
+    length = k.shape[2]
+    scale = q.shape[-1] ** -0.5
+    bounds = compute_boundaries(k, config)
+    means = chunk_representations(k, bounds, "mean")
+    regions = block_regions(
+        length, length, config.query_block, config.sink, config.local, None, k.device
+    )
+
+    def scores():
+        for _ in _peak_tiles(q, k, bounds, regions, config, scale, means)():
+            pass
+
+    def bench(f):
+        return round(do_bench(f, rep=200, return_mode="median"), 2)
+
+    return {
+        "boundaries_ms": bench(lambda: compute_boundaries(k, config)),
+        "chunk_means_ms": bench(lambda: chunk_representations(k, bounds, "mean")),
+        "peak_scores_ms": bench(scores),
+    }
 
 
 def profile(config, q, k) -> None:
@@ -57,6 +88,7 @@ def main(lengths: list[int], with_profile: bool) -> None:
                 "select_ms": round(select, 2),
                 "sparse_attention_ms": round(whole, 2),
                 "dense_sdpa_ms": round(dense, 2),
+                **(peak_stages(config, q, k) if scoring == "peak" else {}),
                 "device": torch.cuda.get_device_name(),
             }
             print(json.dumps(row), flush=True)

@@ -7,6 +7,10 @@ per-token ``mask_mod`` evaluated over ``L x L``, which does not fit in memory at
 end at or before the first query of a query block are *full*; the rest (the diagonal) get the causal
 ``mask_mod``. The check layout returned with it spans exactly the blocks FlexAttention attends, so
 the correctness gate compares FlexAttention with exact attention over its own keys.
+
+``flex_random`` is the kernel anchor: FlexAttention on a *random* causal block mask with as many
+key blocks per row as dhsa's selection touches (the diagonal block and random earlier ones), so
+its time is what a block-sparse kernel takes at that density on this device, with no selection.
 """
 
 from __future__ import annotations
@@ -97,6 +101,22 @@ def block_mask_from_layout(layout: Layout, q_heads: int):
     return mask, blocks_layout(touched, layout, block)
 
 
+def random_blocks(touched: Tensor, like: Layout, block: int, generator: torch.Generator) -> Tensor:
+    """Bool like ``touched``: per row as many key blocks as ``touched`` holds, the diagonal block
+    and random causal blocks before it (rows with fewer causal blocks keep them all)."""
+    num_blocks = touched.shape[1]
+    q_starts, _ = query_block_bounds(like.q_len, like.k_len, block, like.device)
+    diagonal = (q_starts + block - 1).clamp(max=like.k_len - 1) // block
+    diagonal = diagonal.repeat(like.batch * like.kv_heads)[:, None]  # [rows, 1]
+    blocks = torch.arange(num_blocks, device=touched.device)[None, :]
+    noise = torch.rand(touched.shape, generator=generator, device="cpu").to(touched.device)
+    rank = torch.where(blocks < diagonal, noise, -1.0).masked_fill(blocks == diagonal, 2.0)
+    order = rank.argsort(dim=1, descending=True)
+    keep = torch.arange(num_blocks, device=touched.device)[None, :] < touched.sum(1, keepdim=True)
+    chosen = torch.zeros_like(touched).scatter(1, order, keep)
+    return chosen & (blocks <= diagonal)
+
+
 _COMPILED = {}
 
 
@@ -108,7 +128,7 @@ def _flex():
     return _COMPILED["flex"]
 
 
-def _flex_preparer(method: str):
+def _flex_preparer(method: str, randomized: bool = False):
     def prepare(q: Tensor, k: Tensor, v: Tensor, config: DHSAConfig, backend: str) -> Prepared:
         if q.device.type != "cuda":
             raise ValueError("the FlexAttention contender needs CUDA tensors")
@@ -116,7 +136,13 @@ def _flex_preparer(method: str):
         gqa = q.shape[1] != k.shape[1]
 
         def build():
-            return block_mask_from_layout(select(q, k, config, method=method), q.shape[1])
+            layout = select(q, k, config, method=method)
+            if randomized:
+                block = layout.query_block
+                touched = touched_blocks(layout, block)
+                chosen = random_blocks(touched, layout, block, torch.Generator().manual_seed(0))
+                layout = blocks_layout(chosen, layout, block)
+            return block_mask_from_layout(layout, q.shape[1])
 
         mask, check_layout = build()
 
@@ -139,4 +165,7 @@ def _flex_preparer(method: str):
 register_contender(Contender(name="flex_dhsa", dense=False, prepare=_flex_preparer("dhsa")))
 register_contender(
     Contender(name="flex_block_sparse", dense=False, prepare=_flex_preparer("block_sparse"))
+)
+register_contender(
+    Contender(name="flex_random", dense=False, prepare=_flex_preparer("dhsa", randomized=True))
 )

@@ -37,7 +37,8 @@ PRESETS: dict[str, BenchPreset] = {
         contenders=("dense", "dhsa", "block_sparse", "streaming"),
     ),
     # The GPU grid of the kernel issue: 8K..128K, Hq=32, Hkv=8, D=128, bf16; dense SDPA with each
-    # of its CUDA kernels (the fastest is the reference) and FlexAttention given dhsa's selection.
+    # of its CUDA kernels (the fastest is the reference), FlexAttention given dhsa's selection and
+    # FlexAttention on a random block mask of the same density (the kernel anchor).
     "gpu": BenchPreset(
         lengths=(8192, 16384, 32768, 65536, 131072),
         budgets=(1024, 2048, 4096),
@@ -47,6 +48,7 @@ PRESETS: dict[str, BenchPreset] = {
             "dense_flash",
             "dhsa",
             "flex_dhsa",
+            "flex_random",
             "block_sparse",
             "streaming",
         ),

@@ -74,6 +74,11 @@ def _head_block_sums(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor
 CANDIDATE_FACTOR = 3
 
 
+# Stage 1's kernel gives each program a tile of rows and walks the chunks in sequence: worth it
+# for a prefill's many rows, while a decode step's single row runs faster as tensor operations.
+STAGE1_KERNEL_ROWS = 16
+
+
 def head_block_means(q: Tensor, kv_heads: int, query_block: int) -> Tensor:
     """Float32 ``[B, Hkv, G, NQB, D]``: every query head's mean query over each query block.
 
@@ -133,7 +138,7 @@ def peak_scores(
     hi = chunk_hi[:, None, None, :]
     if use_triton is None:
         use_triton = triton_peak_usable(k.device, dim)
-    if use_triton:  # stage 1 in one launch: the [G, T, N] logits stay in registers
+    if use_triton and rows >= STAGE1_KERNEL_ROWS:  # one launch, the logits stay in registers
         from .triton_peak import chunk_mass
 
         stage1, lse = chunk_mass(
