@@ -49,8 +49,9 @@ def test_decode_bench_records_every_batch_with_paged_attention(tmp_path):
 
 
 def test_decode_bench_without_pages_and_the_gpu_decode_grid(tmp_path):
-    assert main(_decode_args(tmp_path, "--page-size", "0")) == 0
+    assert main(_decode_args(tmp_path, "--page-size", "0", "--scoring", "paper")) == 0
     doc = json.loads((tmp_path / "d.json").read_text())
+    assert doc["config"]["scoring"] == "paper"
     assert all("paged_attend_ms" not in r for r in doc["records"])
     assert {r["batch"] for r in doc["records"]} == {1}
     grid = PRESETS["gpu-decode"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..bench.presets import MODEL_SIZES, PRESETS
 from ..cli import CommandError
+from ..config import SCORINGS
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -46,6 +47,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--inputs", help="recorded q/k/v (.pt with keys q, k, v) instead of random")
     p.add_argument("--chunker", choices=["similarity", "fixed", "learned"])
     p.add_argument("--predictor", help="boundary predictor file for --chunker learned")
+    p.add_argument(
+        "--scoring",
+        choices=list(SCORINGS),
+        help="how dhsa ranks chunks (DHSAConfig.scoring; default peak)",
+    )
     p.add_argument(
         "--triton-fill",
         action="store_true",
@@ -230,6 +236,8 @@ def run(args) -> int:
         config = config.replace(chunker=args.chunker, predictor=args.predictor)
     if args.triton_fill:
         config = config.replace(triton_fill=True)
+    if args.scoring:
+        config = config.replace(scoring=args.scoring)
     if args.min_length is not None:
         try:
             config = config.replace(min_length=args.min_length)
