@@ -21,12 +21,18 @@ Incremental chunking (:class:`BoundaryTracker`):
 
 The prompt itself is chunked by the full-sequence chunker when a state starts; its boundaries in
 the last ``delay`` tokens are left undecided and found again incrementally.
+
+The state of a step lives on the keys' device: boundary scores, decisions, chunk sums and counts
+are tensors, and what the host knows (the length, the cuts decided, bounds on the chunk count and
+lengths) follows from the length alone. A step is then a fixed sequence of device operations
+whatever the context length, with no device-to-host synchronization on a static cache (the chunk
+count grows its buffers now and then, decided on the host).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import weakref
 
 import torch
 from torch import Tensor
@@ -57,50 +63,54 @@ def _table_norm(norm: str) -> str:
 _PAST_ANY_KEY = 1 << 62
 
 
-@dataclass
-class _RowStats:
-    """Shift scores of one sequence (index ``c - 1`` scores a cut before position ``c``) and the
-    running sums of the eligible ones, for the boundary threshold."""
+def _grown(x: Tensor, dim: int, size: int, fill) -> Tensor:
+    """``x`` extended along ``dim`` to ``size`` entries, the new ones ``fill``."""
+    if x.shape[dim] >= size:
+        return x
+    shape = list(x.shape)
+    shape[dim] = size - x.shape[dim]
+    return torch.cat([x, x.new_full(shape, fill)], dim=dim)
 
-    scores: list[float] = field(default_factory=list)
-    count: int = 0
-    total: float = 0.0
-    squares: float = 0.0
 
-    def add(self, values: list[float], first_cut: int, min_chunk: int) -> None:
-        for i, value in enumerate(values):
-            if first_cut + i >= min_chunk:
-                self.count += 1
-                self.total += value
-                self.squares += value * value
-        self.scores.extend(values)
-
-    def threshold(self, z: float) -> float:
-        if self.count == 0:
-            return math.inf
-        mean = self.total / self.count
-        var = max(self.squares / self.count - mean * mean, 0.0)
-        return mean + z * math.sqrt(var)
+def _capacity(needed: int) -> int:
+    """Room for ``needed`` entries, doubled so that growing is rare."""
+    return max(2 * needed, 16)
 
 
 class BoundaryTracker:
-    """Chunk boundaries of a growing key sequence, per batch row.
+    """Chunk boundaries of a growing key sequence, per batch row, kept on the keys' device.
 
-    ``closed[b]`` lists the boundaries ``0 = b_0 < ... < b_n`` decided for row ``b``; the open tail
-    chunk is ``[b_n, length)``. ``owner`` is the layer whose keys drive the tracker.
+    Row ``b``'s decided boundaries ``0 = b_0 < ... < b_n`` are ``bounds[b, :count[b]]``; the open
+    tail chunk is ``[b_n, length)`` (``last[b] = b_n``). ``owner`` is the layer whose keys drive
+    the tracker. The cut positions scored and decided are the same for every row and known on the
+    host (they follow the length); only the decisions are device data, so :meth:`advance` never
+    waits for the device. ``most`` bounds ``count`` from above on the host. :attr:`closed` reads
+    the boundaries back (a synchronization, for inspection and for building chunk tables).
+
+    Boundary scores (``scores[:, c - 1]`` scores a cut before position ``c``) and the running
+    count, sum and sum of squares of the eligible ones are float64, added one cut at a time: the
+    threshold ``mean + boundary_z * std`` is the one a host computation in Python floats gives.
     """
 
-    def __init__(self, config: DHSAConfig, batch: int, owner: int) -> None:
+    def __init__(self, config: DHSAConfig, batch: int, owner: int, device) -> None:
         self.config = config
         self.owner = owner
         self.length = 0
         self.decided = 0
-        self.closed: list[list[int]] = [[0] for _ in range(batch)]
-        self.stats = [_RowStats() for _ in range(batch)]
+        self.bounds = torch.zeros(batch, _capacity(1), dtype=torch.int64, device=device)
+        self.count = torch.ones(batch, dtype=torch.int64, device=device)
+        self.last = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.most = self.first_most = 1
+        self.first_decided = 0
+        self.scores = torch.zeros(batch, 0, dtype=torch.float64, device=device)
+        self.scored = 0
+        self.eligible = 0
+        self.total = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.squares = torch.zeros_like(self.total)
 
     @property
     def batch(self) -> int:
-        return len(self.closed)
+        return self.bounds.shape[0]
 
     @property
     def window(self) -> int:
@@ -116,6 +126,12 @@ class BoundaryTracker:
             return 1
         return self.window + self.config.min_chunk - 1
 
+    @property
+    def closed(self) -> list[list[int]]:
+        """The decided boundaries of every row as host lists (reads the device)."""
+        counts = self.count.tolist()
+        return [row[:n] for row, n in zip(self.bounds.tolist(), counts, strict=True)]
+
     def cut_scores(self, k: Tensor) -> Tensor:
         """Float ``[B, L - 1]`` boundary scores of the cuts of ``k [B, Hkv, L, D]``: the similarity
         chunker's shift, or the learned predictor's logit."""
@@ -126,18 +142,38 @@ class BoundaryTracker:
     @classmethod
     def start(cls, k: Tensor, config: DHSAConfig, owner: int) -> BoundaryTracker:
         """A tracker for the keys ``k [B, Hkv, L, D]``, chunked by the full-sequence chunker."""
-        tracker = cls(config, k.shape[0], owner)
+        tracker = cls(config, k.shape[0], owner, k.device)
         length = k.shape[2]
         tracker.length = length
         tracker.decided = max(length - tracker.delay, 0)
-        bounds = compute_boundaries(k, config).tolist()
-        for row, row_bounds in zip(tracker.closed, bounds, strict=False):
+        rows = []
+        for row_bounds in compute_boundaries(k, config).tolist():
+            row = [0]
             row.extend(b for b in row_bounds if 0 < b <= tracker.decided and b > row[-1])
+            rows.append(row)
+        tracker.most = max(len(row) for row in rows)
+        bounds = [row + [0] * (_capacity(tracker.most) - len(row)) for row in rows]
+        tracker.bounds = torch.tensor(bounds, dtype=torch.int64, device=k.device)
+        tracker.count = torch.tensor([len(row) for row in rows], device=k.device)
+        tracker.last = torch.tensor([row[-1] for row in rows], device=k.device)
+        tracker.first_most, tracker.first_decided = tracker.most, tracker.decided
         if config.chunker != "fixed" and length > 1:
             final = max(length - tracker.window, 0)
-            scores = tracker.cut_scores(k)[:, :final].tolist()
-            for stats, values in zip(tracker.stats, scores, strict=False):
-                stats.add(values, 1, config.min_chunk)
+            values = tracker.cut_scores(k)[:, :final].to(torch.float64)
+            tracker._store_scores(values)
+            # The prompt's statistics in Python floats: the same sums as one cut at a time.
+            skip = max(config.min_chunk - 1, 0)
+            totals, squares = [], []
+            for row in values[:, skip:].tolist():
+                total = square = 0.0
+                for value in row:
+                    total += value
+                    square += value * value
+                totals.append(total)
+                squares.append(square)
+            tracker.eligible = max(final - skip, 0)
+            tracker.total = torch.tensor(totals, dtype=torch.float64, device=k.device)
+            tracker.squares = torch.tensor(squares, dtype=torch.float64, device=k.device)
         return tracker
 
     def advance(self, k: Tensor) -> None:
@@ -163,36 +199,70 @@ class BoundaryTracker:
             return
         lo = max(first - window, 0)
         scores = self.cut_scores(k[:, :, lo : last + window])
-        values = scores[:, first - lo - 1 : last - lo].tolist()
-        for stats, row_values in zip(self.stats, values, strict=False):
-            stats.add(row_values, first, self.config.min_chunk)
+        self._add_scores(scores[:, first - lo - 1 : last - lo], first)
+
+    def _store_scores(self, values: Tensor) -> None:
+        """Append float64 ``values [B, n]``, the scores of the next ``n`` cuts."""
+        end = self.scored + values.shape[1]
+        if end > self.scores.shape[1]:
+            self.scores = _grown(self.scores, 1, _capacity(end), 0.0)
+        self.scores[:, self.scored : end] = values
+        self.scored = end
+
+    def _add_scores(self, values: Tensor, first_cut: int) -> None:
+        """Append the scores ``values [B, n]`` of the cuts ``first_cut ..`` and count the eligible
+        ones (cuts from ``min_chunk`` on), one cut at a time in float64."""
+        values = values.to(torch.float64)
+        self._store_scores(values)
+        if self.config.chunker == "learned":  # its threshold is fixed
+            return
+        skip = max(self.config.min_chunk - first_cut, 0)
+        for i in range(skip, values.shape[1]):
+            value = values[:, i]
+            self.eligible += 1
+            self.total += value
+            self.squares += value * value
+
+    def _threshold(self) -> Tensor | float:
+        if self.config.chunker == "learned":
+            return self.config.predictor_threshold
+        if self.eligible == 0:
+            return math.inf
+        mean = self.total / self.eligible
+        var = (self.squares / self.eligible - mean * mean).clamp(min=0.0)
+        return mean + self.config.boundary_z * var.sqrt()
 
     def _decide(self, cut: int) -> None:
+        """Close each row's tail at ``cut`` when the chunker says so: device operations only."""
         config = self.config
-        for row, stats in zip(self.closed, self.stats, strict=False):
-            since = cut - row[-1]
-            if config.chunker == "fixed":
-                if since >= config.chunk_size:
-                    row.append(cut)
-                continue
-            if since >= config.min_chunk and self._is_peak(stats, cut):
-                row.append(cut)
-            elif since >= config.max_chunk:
-                row.append(cut)
-
-    def _is_peak(self, stats: _RowStats, cut: int) -> bool:
-        min_chunk = self.config.min_chunk
-        if cut < min_chunk:
-            return False
-        radius = min_chunk - 1
-        score = stats.scores[cut - 1]
-        lo = max(cut - radius, min_chunk)
-        neighbours = stats.scores[lo - 1 : cut + radius]
-        if self.config.chunker == "learned":
-            threshold = self.config.predictor_threshold
+        since = cut - self.last
+        if config.chunker == "fixed":
+            close = since >= config.chunk_size
         else:
-            threshold = stats.threshold(self.config.boundary_z)
-        return score >= max(neighbours) and score > threshold
+            close = since >= config.max_chunk
+            min_chunk = config.min_chunk
+            if cut >= min_chunk:
+                radius = min_chunk - 1
+                score = self.scores[:, cut - 1]
+                lo = max(cut - radius, min_chunk)
+                peak = score >= self.scores[:, lo - 1 : cut + radius].amax(dim=1)
+                peak &= score > self._threshold()
+                close |= (since >= min_chunk) & peak
+        if self.most + 1 > self.bounds.shape[1]:
+            self.bounds = _grown(self.bounds, 1, _capacity(self.most + 1), 0)
+        # A row that does not close writes past its boundaries, where nothing reads.
+        self.bounds.scatter_(1, self.count[:, None], torch.full_like(self.last[:, None], cut))
+        self.count += close
+        self.last = torch.where(close, cut, self.last)
+        # A row closes again at least `shortest_new` cuts after it closed.
+        self.most = self.first_most + (cut - self.first_decided) // self.shortest_new + 1
+
+    @property
+    def shortest_new(self) -> int:
+        """The fewest keys of a chunk that :meth:`advance` closes."""
+        if self.config.chunker == "fixed":
+            return self.config.chunk_size
+        return min(self.config.min_chunk, self.config.max_chunk)
 
     def boundaries(self, device: torch.device | str = "cpu") -> Tensor:
         """Int64 ``[B, N + 1]``: the closed boundaries and the current length (padded with it)."""
@@ -207,13 +277,18 @@ class ChunkSums:
     """One layer's chunk table following a :class:`BoundaryTracker`, kept on the keys' device.
 
     ``table [B, Hkv, cap + 1, D]`` (float32) holds the normalized representation (``norm`` as in
-    :mod:`dhsa.methods.scoring`) of every closed chunk of each row in slots ``0..n_b - 1`` and zeros
-    after them; its last slot holds the float32 key *sum* of the row's open tail. ``lo, hi [B,
-    cap + 1]`` (int64) give each slot's keys: ``lo = hi = 0`` for unused slots, and the tail slot
-    runs from the tail's start to a sentinel past any key. ``shortest`` and ``longest`` bound the
-    closed chunks' lengths, ``tail_starts`` (host ints) gives each row's tail start. ``last_key``
-    remembers the newest absorbed key, so a cache that was reordered or replaced is noticed
-    instead of silently mis-scored.
+    :mod:`dhsa.methods.scoring`) of every closed chunk of each row in slots ``0..count[b] - 1`` and
+    zeros after them; its last slot holds the float32 key *sum* of the row's open tail. ``lo, hi
+    [B, cap + 1]`` (int64) give each slot's keys: ``lo = hi = 0`` for unused slots, and the tail
+    slot runs from the tail's start to a sentinel past any key. ``count [B]`` (int64) is on the
+    device too: a step absorbs its key and closes chunks with device operations only.
+
+    Host bounds keep the step's shapes fixed without reading the device: ``shortest`` and
+    ``longest`` bound the closed chunks' lengths, ``tail_shortest`` and ``tail_longest`` the open
+    tails'. ``storage`` and ``last_key`` recognize keys this state absorbed: the same cache tensor
+    (a static cache, checked on the host), or a new tensor whose key ``length - 1`` equals the
+    newest absorbed one (a dynamic cache; one synchronization), so a cache that was reordered or
+    replaced is noticed instead of silently mis-scored.
 
     ``norm="peak"`` (the ``peak`` scoring) stores plain means and scores through
     :meth:`peak_scores`; its ``prior [B, Hkv, cap + 1]`` (:meth:`set_prior`, or None) holds each
@@ -225,88 +300,127 @@ class ChunkSums:
         table: Tensor,
         lo: Tensor,
         hi: Tensor,
-        closed: list[int],
-        length: int,
-        last_key: Tensor,
+        count: Tensor,
+        tracker: BoundaryTracker,
+        k: Tensor,
         norm: str,
         shortest: int,
         longest: int,
-        tail_starts: list[int],
+        tail_shortest: int,
     ) -> None:
         self.table = table
         self.lo = lo
         self.hi = hi
-        self.closed = closed
-        self.length = length
-        self.last_key = last_key
+        self.count = count
+        self.tracker = tracker
+        self.decided = tracker.decided
+        self.length = k.shape[2]
         self.norm = norm
         self.shortest = shortest
         self.longest = longest
-        self.tail_starts = tail_starts
+        self.tail_shortest = tail_shortest
         self.prior: Tensor | None = None
+        self._remember(k)
+
+    @property
+    def tail_longest(self) -> int:
+        """The most keys an open tail holds: a chunk closes at most ``longest`` keys after its
+        start, decided ``delay`` tokens later."""
+        return self.longest + self.tracker.delay
 
     @classmethod
     def build(cls, k: Tensor, tracker: BoundaryTracker, norm: str) -> ChunkSums:
         """The chunk table of ``k [B, Hkv, L, D]`` at the tracker's boundaries."""
         length = k.shape[2]
-        bounds = tracker.boundaries(k.device)
+        rows = tracker.closed
+        bounds = pad_boundaries(
+            [torch.tensor(row + [length], device=k.device) for row in rows], length
+        )
         reps = chunk_representations(k, bounds, _table_norm(norm))
-        closed = [len(row) - 1 for row in tracker.closed]
+        closed = [len(row) - 1 for row in rows]
         cap = max(closed) + 1
         table = torch.zeros(*reps.shape[:2], cap + 1, reps.shape[3], device=k.device)
         lo = torch.zeros(k.shape[0], cap + 1, dtype=torch.int64, device=k.device)
         hi = torch.zeros_like(lo)
-        for b, (n, row) in enumerate(zip(closed, tracker.closed, strict=True)):
+        for b, (n, row) in enumerate(zip(closed, rows, strict=True)):
             table[b, :, :n] = reps[b, :, :n]
             table[b, :, -1] = k[b, :, row[-1] :].float().sum(dim=1)
             lo[b, :n] = bounds[b, :n]
             hi[b, :n] = bounds[b, 1 : n + 1]
             lo[b, -1] = row[-1]
         hi[:, -1] = _PAST_ANY_KEY
-        lengths = [row[i + 1] - row[i] for row in tracker.closed for i in range(len(row) - 1)]
-        shortest = min(lengths, default=1)
-        longest = max(lengths, default=1)
-        tails = [row[-1] for row in tracker.closed]
-        return cls(
-            table, lo, hi, closed, length, k[:, :, -1].clone(), norm, shortest, longest, tails
-        )
+        lengths = [row[i + 1] - row[i] for row in rows for i in range(len(row) - 1)]
+        tails = [length - row[-1] for row in rows]
+        # Chunks the tracker closes from now on: at least `shortest_new` keys, at most
+        # `max_chunk` (or the longest tail now, which may close at once) or `chunk_size`.
+        config = tracker.config
+        newest = config.chunk_size if config.chunker == "fixed" else config.max_chunk
+        shortest = min(lengths + [tracker.shortest_new])
+        longest = max(lengths + tails + [newest])
+        tail_shortest = max(min(tails + [tracker.delay]), 1)
+        count = torch.tensor(closed, dtype=torch.int64, device=k.device)
+        return cls(table, lo, hi, count, tracker, k, norm, shortest, longest, tail_shortest)
 
-    def follows(self, k: Tensor) -> bool:
-        """True when ``k [B, Hkv, L', D]`` extends the keys this state absorbed."""
-        return (
-            k.shape[0] == self.table.shape[0]
-            and self.length < k.shape[2]
-            and torch.equal(k[:, :, self.length - 1], self.last_key)
-        )
-
-    def advance(self, k: Tensor, tracker: BoundaryTracker) -> None:
-        """Absorb the new keys of ``k`` and close the chunks the tracker closed since."""
-        new_length = k.shape[2]
-        self.table[:, :, -1] += k[:, :, self.length :].float().sum(dim=2)
-        for b, row in enumerate(tracker.closed):
-            if len(row) - 1 == self.closed[b]:
-                continue
-            for i in range(self.closed[b], len(row) - 1):
-                self._store(b, i, row[i], row[i + 1], k[b, :, row[i] : row[i + 1]])
-            self.closed[b] = len(row) - 1
-            self.table[b, :, -1] = k[b, :, row[-1] :].float().sum(dim=1)
-            self.lo[b, -1] = row[-1]
-            self.tail_starts[b] = row[-1]
-        self.length = new_length
+    def _remember(self, k: Tensor) -> None:
+        # A weak reference: a storage freed (a dynamic cache's last tensor) is never taken for a
+        # new one that reuses its memory.
+        self.storage = (weakref.ref(k.untyped_storage()), k.storage_offset(), k.stride())
         self.last_key = k[:, :, -1].clone()
 
-    def _store(self, b: int, index: int, start: int, end: int, keys: Tensor) -> None:
-        cap = self.table.shape[2] - 1
-        if index >= cap:
-            self._grow(2 * cap)
-        count = torch.full((), end - start, device=keys.device)  # no host-to-device copy
-        self.table[b, :, index] = _normalize(keys.float().sum(dim=1), count, _table_norm(self.norm))
-        self.lo[b, index] = start
-        self.hi[b, index] = end
+    def _same_cache(self, k: Tensor) -> bool:
+        storage, offset, stride = self.storage
+        return (
+            storage() is k.untyped_storage()
+            and k.storage_offset() == offset
+            and k.stride() == stride
+        )
+
+    def follows(self, k: Tensor, tracker: BoundaryTracker | None) -> bool:
+        """True when ``k [B, Hkv, L', D]`` extends the keys this state absorbed, at the
+        boundaries of ``tracker``: a static cache is recognized on the host, a dynamic one by
+        its key ``length - 1`` (one synchronization)."""
+        if tracker is not self.tracker or k.shape[0] != self.table.shape[0]:
+            return False
+        if self.length >= k.shape[2]:
+            return False
+        return self._same_cache(k) or torch.equal(k[:, :, self.length - 1], self.last_key)
+
+    def advance(self, k: Tensor) -> None:
+        """Absorb the new keys of ``k`` and close the chunks the tracker closed since: a fixed
+        number of device operations per decided cut, no synchronization."""
+        self.table[:, :, -1] += k[:, :, self.length :].float().sum(dim=2)
+        self.length = k.shape[2]
+        for cut in range(self.decided + 1, self.tracker.decided + 1):
+            self._close_at(cut, k)
+        self.decided = self.tracker.decided
+        self._remember(k)
+
+    def _close_at(self, cut: int, k: Tensor) -> None:
+        """In the rows whose tracker closed a chunk at ``cut``: store the chunk (the tail's keys
+        before ``cut``) in the next slot and start the tail at ``cut``. The tail's keys after the
+        cut are summed afresh; the chunk's sum is the tail's sum less theirs."""
+        tracker = self.tracker
+        if tracker.most > self.table.shape[2] - 1:
+            self._grow(_capacity(tracker.most))
+        index = self.count
+        following = (index + 1).clamp(max=tracker.bounds.shape[1] - 1)
+        close = (index < tracker.count - 1) & (
+            tracker.bounds.gather(1, following[:, None])[:, 0] == cut
+        )
+        tail = k[:, :, cut:].float().sum(dim=2)
+        keys = cut - self.lo[:, -1]
+        reps = _normalize(self.table[:, :, -1] - tail, keys[:, None, None], _table_norm(self.norm))
+        # A row that does not close writes what the slot holds: zeros, and lo = hi = 0.
+        slot = index[:, None, None, None].expand(-1, self.table.shape[1], 1, self.table.shape[3])
+        self.table.scatter_(2, slot, torch.where(close[:, None, None], reps, 0.0)[:, :, None])
+        self.lo.scatter_(1, index[:, None], torch.where(close, self.lo[:, -1], 0)[:, None])
+        self.hi.scatter_(1, index[:, None], torch.where(close, cut, 0)[:, None])
         if self.prior is not None:  # the closing chunk's keys were the tail's
-            self.prior[b, :, index] = self.prior[b, :, -1]
-        self.shortest = min(self.shortest, end - start)
-        self.longest = max(self.longest, end - start)
+            tail_prior = torch.where(close[:, None], self.prior[:, :, -1], -torch.inf)
+            self.prior.scatter_(2, slot[..., 0], tail_prior[:, :, None])
+        self.table[:, :, -1] = torch.where(close[:, None, None], tail, self.table[:, :, -1])
+        self.lo[:, -1] = torch.where(close, cut, self.lo[:, -1])
+        self.count += close
 
     def _grow(self, cap: int) -> None:
         old = self.table.shape[2] - 1
@@ -372,7 +486,7 @@ class ChunkSums:
         slots = self.table.shape[2]
         prior = torch.full((*best.shape[:2], slots), -torch.inf, device=best.device)
         positions = torch.arange(self.length, device=best.device)
-        for b, closed in enumerate(self.closed):
+        for b, closed in enumerate(self.count.tolist()):
             slot = torch.searchsorted(self.hi[b, :closed].contiguous(), positions, right=True)
             slot = torch.where(slot < closed, slot, slots - 1)
             prior[b].scatter_reduce_(-1, slot.expand(best.shape[1], -1), best[b], reduce="amax")
@@ -406,7 +520,6 @@ class ChunkSums:
         def at(value: int) -> Tensor:
             return torch.full((1,), value, dtype=torch.int64, device=device)
 
-        shortest_tail = max(self.length - max(self.tail_starts), 1)
         scores = peak_scores(
             head_block_means(q, kv_heads, 1),
             k,
@@ -419,8 +532,8 @@ class ChunkSums:
             at(regions.candidate_end),
             scale=scale,
             room=max(regions.remaining, 1),
-            shortest=min(self.shortest, shortest_tail),
-            longest=max(self.longest, self.length - min(self.tail_starts)),
+            shortest=min(self.shortest, self.tail_shortest),
+            longest=self.tail_longest,
             prior=None if self.prior is None else self.prior[:, :, None],
         )
         return scores[:, :, 0]
@@ -499,9 +612,10 @@ class DecodeSession:
         ``sink`` keys, the ``local`` keys before the query and the query itself, then whole chunks
         (the open tail included) in descending ``q . k_c`` score until ``budget`` keys.
 
-        The chunk state lives on the keys' device; a step synchronizes with the host only to
-        check that ``k`` continues the absorbed keys and, once per token, to decide the next
-        chunk boundary.
+        The chunk state lives on the keys' device and a step touches it with device operations
+        only: no synchronization with the host when ``k`` is the cache tensor of the previous step
+        (a static cache) and the selection runs on CUDA (the Triton scoring and fill); a new
+        tensor (a dynamic cache) is checked to continue the absorbed keys with one.
         """
         if q.shape[2] != 1:
             raise ValueError(f"decode selection takes one query token, got {q.shape[2]}")
@@ -511,13 +625,13 @@ class DecodeSession:
         key = (layer, row)
         tracker_key = self._tracker_key(layer, row, config.share_boundaries)
         chunks = self._chunks.get(key)
-        fresh = chunks is None or not chunks.follows(k)
         tracker = self._trackers.get(tracker_key)
+        continues = chunks is not None and chunks.follows(k, tracker)
         stale = (
             tracker is None
             or tracker.length > length
             or tracker.batch != k.shape[0]
-            or (fresh and tracker.owner == layer)
+            or (not continues and tracker.owner == layer)
         )
         if stale:
             tracker = BoundaryTracker.start(k, config, owner=layer)
@@ -525,14 +639,14 @@ class DecodeSession:
         elif tracker.length < length:
             tracker.owner = layer
             tracker.advance(k)
-        if fresh:
+        if continues and chunks.tracker is tracker:
+            chunks.advance(k)
+        else:
             chunks = ChunkSums.build(k, tracker, norm)
             probe = self._probes.get(key)
             if norm == "peak" and probe is not None and probe.shape[0] == k.shape[0]:
                 chunks.set_prior(probe, k, q.shape[-1] ** -0.5 if scale is None else scale)
             self._chunks[key] = chunks
-        else:
-            chunks.advance(k, tracker)
         return chunks.fill(q, config, k=k, scale=scale)
 
     def select(

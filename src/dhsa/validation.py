@@ -17,9 +17,11 @@ class NonFiniteInputError(ValueError):
     The policy, the same for every method and backend: :func:`dhsa.select` and
     :func:`dhsa.sparse_attention` (sparse or dense, above or below ``min_length``) raise this
     error when ``q`` or ``k`` holds NaN or +-Inf, and selectors raise it when their scores
-    overflow. In a Hugging Face model using ``attn_implementation="dhsa"`` every attention call
-    raises it for NaN/Inf in its queries or in the keys it adds to the cache (prefill and decode,
-    dense and sparse layers), so each key is checked once. ``v`` is not checked (it does not
+    overflow. In a Hugging Face model using ``attn_implementation="dhsa"`` every forward pass
+    raises it for NaN/Inf in the queries or in the keys it adds to the cache (prefill and decode,
+    dense and sparse layers), so each key is checked once: a prefill at the attention call that
+    meets them, a decode step (checked on the device per layer) at its last layer. A compiled
+    decode step is not checked. ``v`` is not checked (it does not
     decide which keys are kept): NaN there reaches the output, as in dense attention.
     :func:`dhsa.attend` and :func:`dhsa.dense_attention` compute exactly what they are given.
     """

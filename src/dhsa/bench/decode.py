@@ -4,9 +4,10 @@ Dense is SDPA with one query (its best kernel on the device). Sparse decode is w
 per layer and token: :class:`dhsa.decode.DecodeSession` absorbs the new key and selects spans
 (sink, local window, best chunks within the budget), then :func:`dhsa.kernels.attend_decode`
 attends them. Timed per step over consecutive tokens, so the incremental state really advances;
-``attend_ms`` is the attention over a fixed selection alone. A speedup is recorded only when the
-sparse output passed the float64
-spot check.
+``attend_ms`` is the attention over a fixed selection alone, and ``paged_attend_ms`` the same
+attention reading a paged copy of the cache (pages of ``page_size`` keys in shuffled order, the
+NHD layout of :func:`dhsa.kernels.attend_decode`; ``paged_matches`` says it gave the contiguous
+output). A speedup is recorded only when the sparse output passed the float64 spot check.
 """
 
 from __future__ import annotations
@@ -34,11 +35,28 @@ def _dense_decode(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def decode_case(q, k, v, config: DHSAConfig, backend: str, steps: int, repeats: int) -> dict:
+def paged_copy(x, page_size: int, table):
+    """``x [B, Hkv, L, D]`` as a pool ``[B * ceil(L / page_size), page_size, Hkv, D]`` holding
+    position ``[i * page_size, (i + 1) * page_size)`` of row ``b`` in page ``table[b, i]``."""
+    batch, kv_heads, length, dim = x.shape
+    per_row = table.shape[1]
+    padded = F.pad(x, (0, 0, 0, per_row * page_size - length))
+    pages = padded.view(batch, kv_heads, per_row, page_size, dim).permute(0, 2, 3, 1, 4)
+    pool = torch.empty(batch * per_row, page_size, kv_heads, dim, dtype=x.dtype, device=x.device)
+    pool[table.reshape(-1).long()] = pages.reshape(batch * per_row, page_size, kv_heads, dim)
+    return pool
+
+
+def decode_case(
+    q, k, v, config: DHSAConfig, backend: str, steps: int, repeats: int, page_size: int = 0
+) -> dict:
     """Per-token time of sparse decode over ``k, v [B, Hkv, L + steps, D]``: the state is built on
-    the first ``L`` keys, then each timed step adds one key, selects its spans and attends."""
+    the first ``L`` keys, then each timed step adds one key, selects its spans and attends (the
+    steps read growing views of one cache tensor, as from a static cache: no synchronization).
+    With ``page_size``, the attention over the last selection is timed on a paged copy too."""
     device = q.device
     length = k.shape[2] - steps
+    budget = config.budget
     session = DecodeSession()
     session.select_spans(q, k[:, :, :length], config, layer=0)
     times = []
@@ -47,21 +65,39 @@ def decode_case(q, k, v, config: DHSAConfig, backend: str, steps: int, repeats: 
         synchronize(device)
         start = time.perf_counter()
         starts, ends = session.select_spans(q, keys, config, layer=0)
-        out = attend_decode(q, keys, values, starts, ends, backend=backend)
+        out = attend_decode(q, keys, values, starts, ends, backend=backend, max_keys=budget)
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     layout = session.select(q, keys, config, layer=0)
     error = spot_check(q, keys, values, out, layout, samples=1)
     attend_ms = time_call(
-        lambda: attend_decode(q, keys, values, starts, ends, backend=backend), device, repeats, 2
+        lambda: attend_decode(q, keys, values, starts, ends, backend=backend, max_keys=budget),
+        device,
+        repeats,
+        2,
     )["median_ms"]
-    return {
+    record = {
         "step_ms": statistics.median(times[2:] or times),
         "attend_ms": attend_ms,
         "selected": float(layout.num_selected().float().mean()),
         "check_rel_error": error,
         "check_passed": error <= tolerance(q.dtype),
     }
+    if page_size:
+        pages = keys.shape[0] * -(-keys.shape[2] // page_size)
+        order = torch.randperm(pages, generator=torch.Generator().manual_seed(0))
+        table = order.view(keys.shape[0], -1).to(device, torch.int32)
+        k_pool, v_pool = paged_copy(keys, page_size, table), paged_copy(values, page_size, table)
+
+        def paged():
+            return attend_decode(
+                q, k_pool, v_pool, starts, ends, backend=backend, page_table=table, max_keys=budget
+            )
+
+        record["paged_matches"] = bool(torch.allclose(paged(), out, rtol=1e-3, atol=1e-3))
+        record["paged_attend_ms"] = time_call(paged, device, repeats, 2)["median_ms"]
+        del k_pool, v_pool
+    return record
 
 
 def run_decode_bench(
@@ -81,8 +117,11 @@ def run_decode_bench(
     repeats: int = 20,
     config: DHSAConfig | None = None,
     progress: bool = True,
+    page_size: int = 16,
 ) -> dict:
-    """Dense vs sparse decode per token at every length, batch and budget; JSON kept current."""
+    """Dense vs sparse decode per token at every length, batch and budget; JSON kept current.
+
+    ``page_size`` (0: none) also times each selection's attention over a paged cache."""
     device_ = resolve_device(device)
     torch_dtype = getattr(torch, dtype)
     base = (config or DHSAConfig()).replace(min_length=0)
@@ -91,6 +130,7 @@ def run_decode_bench(
         "shape": dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype),
         "steps": steps,
         "backend": backend,
+        "page_size": page_size,
         # The budget of each record is its own (`budget`); the rest is shared by all records.
         "config": {**dataclasses.asdict(base), "budget": None, "budgets": list(budgets)},
         "records": [],
@@ -104,11 +144,19 @@ def run_decode_bench(
     )
     for length in lengths:
         for batch in batches:
-            generator = torch.Generator().manual_seed(length + batch)
+            # Drawn on the device: a 128K cache at batch 32 is too large to draw on the host.
+            generator = torch.Generator(device_).manual_seed(length + batch)
             shape = (batch, kv_heads, length + steps, head_dim)
-            k, v = (torch.randn(shape, generator=generator).to(device_, torch_dtype) for _ in "kv")
-            q = torch.randn((batch, q_heads, 1, head_dim), generator=generator)
-            q = q.to(device_, torch_dtype)
+            k, v = (
+                torch.randn(shape, generator=generator, device=device_, dtype=torch_dtype)
+                for _ in "kv"
+            )
+            q = torch.randn(
+                (batch, q_heads, 1, head_dim),
+                generator=generator,
+                device=device_,
+                dtype=torch_dtype,
+            )
             dense_call = functools.partial(_dense_decode, q, k[:, :, :length], v[:, :, :length])
             dense = time_call(dense_call, device_, repeats, 3)
             dense_mb = peak_extra_memory(dense_call, device_)
@@ -124,7 +172,8 @@ def run_decode_bench(
             )
             bar.update(1)
             for budget in budgets:
-                record = decode_case(q, k, v, base.replace(budget=budget), backend, steps, repeats)
+                case = base.replace(budget=budget)
+                record = decode_case(q, k, v, case, backend, steps, repeats, page_size)
                 record.update(contender="dhsa", length=length, batch=batch, budget=budget)
                 if record["check_passed"]:
                     record["speedup"] = dense["median_ms"] / record["step_ms"]

@@ -3,6 +3,12 @@
 A model of a known size is built from its configuration with random weights (no download): what
 is measured is the cost of the computation, which does not depend on the weights' values. Each
 length runs dense (``sdpa``) and dhsa on the same model and the same prompt tokens.
+
+Decode runs on transformers' static cache by default (``cache="static"``, sized to the prompt and
+the decoded tokens: the cache ``generate(..., cache_implementation="static")`` and compiled
+decoding use), or its dynamic cache. With ``compile``, the decode step is ``torch.compile``d the
+way transformers compiles it (the forward pass, dynamic shapes off); prefill stays eager, and
+the compilation happens in the untimed warm-up.
 """
 
 from __future__ import annotations
@@ -38,18 +44,38 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def prefill_and_decode(model, ids: torch.Tensor, decode_tokens: int) -> dict:
-    """Prefill ``ids [1, L]`` (logits of the last position only), then greedy decode."""
-    from transformers import DynamicCache
+CACHES = ("static", "dynamic")
 
+
+def _new_cache(model, kind: str, max_length: int):
+    from transformers import DynamicCache, StaticCache
+
+    if kind == "static":
+        return StaticCache(config=model.config, max_cache_len=max_length)
+    if kind == "dynamic":
+        return DynamicCache(config=model.config)
+    raise ValueError(f"unknown cache {kind!r}: allowed {CACHES}")
+
+
+def prefill_and_decode(
+    model, ids: torch.Tensor, decode_tokens: int, cache: str = "static", forward=None, kv=None
+) -> dict:
+    """Prefill ``ids [1, L]`` (logits of the last position only), then greedy decode with
+    ``forward`` (default: the model itself) on a ``cache`` (``static`` or ``dynamic``) cache.
+
+    ``kv``: the static cache to reset and reuse (a compiled step is specialized to its tensors);
+    default a new one sized for this run."""
     device = ids.device
+    forward = model if forward is None else forward
+    if kv is None:
+        kv = _new_cache(model, cache, ids.shape[1] + decode_tokens + 1)
+    kv.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    cache = DynamicCache(config=model.config)
     with torch.no_grad():
         with PeakMemory(device) as prefill_memory:
             start = time.perf_counter()
-            out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(ids, cache=kv, use_cache=True, logits_to_keep=1)
             synchronize(device)
             ttft = time.perf_counter() - start
         token = out.logits[:, -1:].argmax(dim=-1)
@@ -57,7 +83,7 @@ def prefill_and_decode(model, ids: torch.Tensor, decode_tokens: int) -> dict:
         with PeakMemory(device) as decode_memory:
             for _ in range(decode_tokens):
                 start = time.perf_counter()
-                out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = forward(token, cache=kv, use_cache=True, logits_to_keep=1)
                 token = out.logits[:, -1:].argmax(dim=-1)
                 synchronize(device)
                 steps.append(time.perf_counter() - start)
@@ -84,8 +110,12 @@ def run_model_bench(
     command: str,
     decode_tokens: int = 16,
     progress: bool = True,
+    cache: str = "static",
+    compile: bool = False,
 ) -> dict:
     """TTFT, peak memory and decode speed of every method at every length; JSON kept current.
+
+    ``cache`` and ``compile`` as in the module docstring; each method compiles its own step.
 
     Every method first runs once untimed at each length (a 2-token generation of the same
     prompt), so kernel compilation and per-shape caches stay out of the timed run: a Triton
@@ -97,6 +127,8 @@ def run_model_bench(
         **record_header(command, device_),
         "model": dict(size=size, **MODEL_SIZES[size], dtype=dtype),
         "config": dataclasses.asdict(config),
+        "cache": cache,
+        "compile": compile,
         "records": [],
     }
     out_path = Path(out_path)
@@ -111,9 +143,14 @@ def run_model_bench(
         for method in methods:
             bar.set_postfix_str(f"L={length} {method}")
             use_attention(model, method, config)
-            prefill_and_decode(model, ids, 2)
-            record = dict(method=method, length=length)
-            record.update(prefill_and_decode(model, ids, decode_tokens))
+            forward = None
+            if compile:
+                torch._dynamo.reset()
+                forward = torch.compile(model, dynamic=False)
+            kv = _new_cache(model, cache, length + decode_tokens + 1) if cache == "static" else None
+            prefill_and_decode(model, ids, 2, cache, forward, kv)
+            record = dict(method=method, length=length, cache=cache, compile=compile)
+            record.update(prefill_and_decode(model, ids, decode_tokens, cache, forward, kv))
             if method == "dense":
                 dense_ms = record
             elif dense_ms is not None:

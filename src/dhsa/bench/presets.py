@@ -20,6 +20,7 @@ class BenchPreset:
     device: str = "cpu"
     repeats: int = 3
     warmup: int = 1
+    batches: tuple[int, ...] = (1,)  # `dhsa bench --decode`'s batch sizes
 
 
 PRESETS: dict[str, BenchPreset] = {
@@ -58,6 +59,21 @@ PRESETS: dict[str, BenchPreset] = {
         device="cuda",
         repeats=10,
         warmup=3,
+    ),
+    # The decode grid of the decode issue: one layer's step at 32K and 128K keys, batch 1, 8 and 32,
+    # against dense SDPA decode (`dhsa bench --decode --preset gpu-decode`).
+    "gpu-decode": BenchPreset(
+        lengths=(32768, 131072),
+        budgets=(2048,),
+        contenders=("dense", "dhsa"),
+        q_heads=32,
+        kv_heads=8,
+        head_dim=128,
+        dtype="bfloat16",
+        device="cuda",
+        repeats=20,
+        warmup=3,
+        batches=(1, 8, 32),
     ),
 }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..bench.presets import MODEL_SIZES, PRESETS
 from ..cli import CommandError
-from ..config import CHUNKERS
+from ..config import CHUNKERS, SCORINGS
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -53,6 +53,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--predictor", help="boundary predictor file for --chunker learned")
     p.add_argument(
+        "--scoring",
+        choices=list(SCORINGS),
+        help="how dhsa ranks chunks (DHSAConfig.scoring; default peak)",
+    )
+    p.add_argument(
         "--triton-fill",
         action="store_true",
         help="prefill greedy fill by its Triton kernel (DHSAConfig.triton_fill)",
@@ -73,7 +78,32 @@ def add_parser(subparsers) -> None:
         "token, peak memory and decode tokens/s, dense vs the sparse --methods",
     )
     p.add_argument(
-        "--batches", default="1", help="with --decode: comma-separated batch sizes (default 1)"
+        "--batches",
+        help="with --decode: comma-separated batch sizes (default: the preset's, else 1)",
+    )
+    p.add_argument(
+        "--page-size",
+        type=int,
+        default=16,
+        help="with --decode: also time the attention over a paged copy of the cache with pages "
+        "of this many keys (0: skip; default 16)",
+    )
+    p.add_argument(
+        "--cache",
+        choices=["static", "dynamic"],
+        default="static",
+        help="with --model: transformers' KV cache to decode with (default static)",
+    )
+    p.add_argument(
+        "--min-length",
+        type=int,
+        help="keys below which attention runs dense (DHSAConfig.min_length; default: the "
+        "device's measured threshold)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --model: torch.compile the decode step (the static-cache recipe)",
     )
     p.add_argument(
         "--decode-tokens",
@@ -131,10 +161,13 @@ def print_table(document: dict) -> None:
 def run_decode(args, preset, config) -> int:
     from ..bench.decode import run_decode_bench
 
+    if args.page_size < 0:
+        raise CommandError(f"--page-size must be >= 0, got {args.page_size}")
+    batches = preset.batches if args.batches is None else _ints(args.batches, "batch size")
     document = run_decode_bench(
         lengths=preset.lengths,
         budgets=preset.budgets,
-        batches=_ints(args.batches, "batch size"),
+        batches=batches,
         q_heads=preset.q_heads,
         kv_heads=preset.kv_heads,
         head_dim=preset.head_dim,
@@ -147,21 +180,26 @@ def run_decode(args, preset, config) -> int:
         repeats=preset.repeats,
         config=config,
         progress=not args.no_progress,
+        page_size=args.page_size,
     )
     print(
         f"{'length':>7} {'batch':>5} {'contender':<8} {'budget':>6} {'ms/token':>9} "
-        f"{'attend ms':>9} {'speedup':>7} {'check':>5}"
+        f"{'attend ms':>9} {'paged ms':>9} {'speedup':>7} {'check':>5}"
     )
     for r in document["records"]:
         speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
         attend_ms = f"{r['attend_ms']:.3f}" if "attend_ms" in r else ""
-        check = "ok" if r.get("check_passed", True) else "FAIL"
+        paged_ms = f"{r['paged_attend_ms']:.3f}" if "paged_attend_ms" in r else ""
+        check = "ok" if r.get("check_passed", True) and r.get("paged_matches", True) else "FAIL"
         print(
             f"{r['length']:>7} {r['batch']:>5} {r['contender']:<8} {r['budget'] or '-':>6} "
-            f"{r['step_ms']:>9.3f} {attend_ms:>9} {speedup:>7} {check:>5}"
+            f"{r['step_ms']:>9.3f} {attend_ms:>9} {paged_ms:>9} {speedup:>7} {check:>5}"
         )
     print(f"results: {args.out}")
-    return 0 if all(r.get("check_passed", True) for r in document["records"]) else 1
+    passed = [
+        r.get("check_passed", True) and r.get("paged_matches", True) for r in document["records"]
+    ]
+    return 0 if all(passed) else 1
 
 
 def run_model(args, preset, config) -> int:
@@ -179,6 +217,8 @@ def run_model(args, preset, config) -> int:
         command=args.command_line,
         decode_tokens=args.decode_tokens,
         progress=not args.no_progress,
+        cache=args.cache,
+        compile=args.compile,
     )
     print(
         f"{'length':>7} {'method':<14} {'TTFT ms':>9} {'peak MB':>9} {'decode tok/s':>12} "
@@ -199,6 +239,8 @@ def run(args) -> int:
 
     preset = _preset_from_args(args)
     config = base_config(args)
+    if args.scoring:
+        config = config.replace(scoring=args.scoring)
     for budget in preset.budgets:
         config.replace(budget=budget)  # a budget below the fixed part is refused before any run
     if args.decode:

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..layout import Layout
 from ..validation import check_qkv, check_scale, check_softcap
 from .reference import attend_reference
-from .torch_decode import attend_decode_torch
+from .torch_decode import attend_decode_torch, check_paged
 from .torch_tiled import attend_torch
 
 BACKENDS = ("auto", "reference", "torch", "triton")
@@ -115,6 +115,8 @@ def attend_decode(
     scale: float | None = None,
     softcap: float | None = None,
     backend: str = "auto",
+    page_table: Tensor | None = None,
+    max_keys: int | None = None,
 ) -> Tensor:
     """Attention of one query per sequence over padded key spans: the sparse decode step.
 
@@ -122,11 +124,24 @@ def attend_decode(
     ``starts, ends`` (integer ``[B, Hkv, S]``) are disjoint spans of keys up to the query, empty
     where ``end <= start`` (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them). The
     Triton backend reads the spans as they are, with no device-to-host synchronization; the torch
-    backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`); the reference attends them
-    as a layout. Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
+    backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`), without reading the device
+    when ``max_keys`` bounds a row's keys (the budget); the reference attends them as a layout.
+    Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
+
+    Paged cache: with ``page_table`` (int32 ``[B, max_pages]``), ``k, v`` are pools
+    ``[num_pages, page_size, Hkv, D]``, the page layout of vLLM and FlashInfer ("NHD"): positions
+    ``[i * page_size, (i + 1) * page_size)`` of sequence ``b`` lie in page ``page_table[b, i]``.
+    The spans must lie within each sequence's pages (not checked: that would synchronize).
     """
-    check_qkv(q, k, v)
-    if q.shape[2] != 1 or starts.shape != ends.shape or starts.shape[:2] != k.shape[:2]:
+    if page_table is None:
+        check_qkv(q, k, v)
+        kv_shape = k.shape[:2]
+    else:
+        check_paged(q, k, v, page_table)
+        if not (q.dtype == k.dtype == v.dtype):
+            raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        kv_shape = (q.shape[0], k.shape[2])
+    if q.shape[2] != 1 or starts.shape != ends.shape or starts.shape[:2] != kv_shape:
         raise ValueError(
             f"decode attention takes q [B, Hq, 1, D] and spans [B, Hkv, S]; got q "
             f"{tuple(q.shape)}, k {tuple(k.shape)}, starts {tuple(starts.shape)}, ends "
@@ -138,9 +153,21 @@ def attend_decode(
     if name == "triton":
         triton_decode = importlib.import_module("dhsa.kernels.triton_decode")
         return triton_decode.attend_triton_decode_spans(
-            q, k, v, starts, ends, scale=scale, softcap=softcap
+            q, k, v, starts, ends, scale=scale, softcap=softcap, page_table=page_table
         )
     if name == "torch":
-        return attend_decode_torch(q, k, v, starts, ends, scale=scale, softcap=softcap)
+        return attend_decode_torch(
+            q,
+            k,
+            v,
+            starts,
+            ends,
+            scale=scale,
+            softcap=softcap,
+            page_table=page_table,
+            max_keys=max_keys,
+        )
+    if page_table is not None:
+        raise ValueError("the reference backend takes a contiguous cache; use 'torch' for pages")
     layout = Layout.from_decode_spans(starts, ends, k.shape[2])
     return attend_reference(q, k, v, layout, scale=scale, softcap=softcap)

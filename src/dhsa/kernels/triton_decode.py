@@ -6,6 +6,10 @@ program to keep a GPU busy, so each row's stream is cut into ``splits`` equal pi
 attends its piece for all ``G`` query heads of the group and writes unnormalized partial results
 (running max, sum and weighted values); a second kernel merges the pieces of each head. The split
 count comes from the row count alone, so no device-to-host synchronization is needed.
+
+The span kernel also reads a paged cache (pools ``[num_pages, page_size, Hkv, D]`` and a page
+table ``[B, max_pages]``, as in :mod:`dhsa.kernels.torch_decode`): each tile of keys looks up its
+pages, so a span may cross page boundaries.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..layout import Layout
+from .torch_decode import check_paged
 from .triton_common import (
     attend_span,
     attend_stream,
@@ -23,6 +28,8 @@ from .triton_common import (
     dot_precision,
     key_stream,
     logit_constants,
+    logits,
+    online_softmax_step,
 )
 
 
@@ -175,6 +182,52 @@ def _decode_split_kernel(
 
 
 @triton.jit
+def _attend_paged_span(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    pages,
+    page_size,
+    stride_kp,
+    stride_ks,
+    stride_vp,
+    stride_vs,
+    lo,
+    hi,
+    qk_scale,
+    cap_in,
+    cap_out,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """:func:`attend_span` over a paged cache: key ``t`` lies in slot ``t % page_size`` of page
+    ``pages[t // page_size]`` (``pages`` points at the sequence's page-table row)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for t0 in range(lo, hi, BLOCK_N):
+        pos = t0 + offs_n
+        valid = pos < hi
+        page = tl.load(pages + pos // page_size, mask=valid, other=0).to(tl.int64)
+        slot = (pos % page_size).to(tl.int64)
+        kv_mask = valid[:, None] & d_ok[None, :]
+        k_rows = page * stride_kp + slot * stride_ks
+        k = tl.load(k_base + k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = logits(q, k, qk_scale, cap_in, cap_out, HAS_SOFTCAP, DOT_PRECISION)
+        s = tl.where(valid[None, :], s, float("-inf"))
+        v_rows = page * stride_vp + slot * stride_vs
+        v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _decode_spans_kernel(
     Q,
     K,
@@ -185,6 +238,9 @@ def _decode_spans_kernel(
     span_starts,
     span_ends,
     num_spans,
+    page_table,
+    stride_pt,
+    page_size,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -205,7 +261,10 @@ def _decode_spans_kernel(
     BLOCK_D: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PAGED: tl.constexpr,
 ):
+    """Contiguous: ``stride_kb, stride_kh, stride_kl`` step batch, head and position. ``PAGED``:
+    they step the pool's page, head and slot, and ``page_table`` row ``b`` maps positions."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     h = row % kv_heads
@@ -214,32 +273,61 @@ def _decode_spans_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    k_base = K + h * stride_kh
+    v_base = V + h * stride_vh
+    if not PAGED:
+        k_base += b * stride_kb
+        v_base += b * stride_vb
     # Spans come best-scored first, so dealing them out in turn spreads the long ones.
     for i in range(split, num_spans, SPLITS):
         lo = tl.load(span_starts + row * num_spans + i)
         hi = tl.load(span_ends + row * num_spans + i)
-        acc, m_i, l_i = attend_span(
-            acc,
-            m_i,
-            l_i,
-            q,
-            k_base,
-            v_base,
-            stride_kl,
-            stride_vl,
-            lo,
-            hi,
-            qk_scale,
-            cap_in,
-            cap_out,
-            BLOCK_N,
-            HEAD_DIM,
-            BLOCK_D,
-            HAS_SOFTCAP,
-            DOT_PRECISION,
-        )
+        if PAGED:
+            acc, m_i, l_i = _attend_paged_span(
+                acc,
+                m_i,
+                l_i,
+                q,
+                k_base,
+                v_base,
+                page_table + b * stride_pt,
+                page_size,
+                stride_kb,
+                stride_kl,
+                stride_vb,
+                stride_vl,
+                lo,
+                hi,
+                qk_scale,
+                cap_in,
+                cap_out,
+                BLOCK_N,
+                HEAD_DIM,
+                BLOCK_D,
+                HAS_SOFTCAP,
+                DOT_PRECISION,
+            )
+        else:
+            acc, m_i, l_i = attend_span(
+                acc,
+                m_i,
+                l_i,
+                q,
+                k_base,
+                v_base,
+                stride_kl,
+                stride_vl,
+                lo,
+                hi,
+                qk_scale,
+                cap_in,
+                cap_out,
+                BLOCK_N,
+                HEAD_DIM,
+                BLOCK_D,
+                HAS_SOFTCAP,
+                DOT_PRECISION,
+            )
     _store_partials(
         part_acc,
         part_max,
@@ -420,12 +508,14 @@ def attend_triton_decode_spans(
     softcap: float | None = None,
     splits: int | None = None,
     out: Tensor | None = None,
+    page_table: Tensor | None = None,
 ) -> Tensor:
     """Attention of one query per sequence over padded key spans, read straight from the cache.
 
     Args:
         q: ``[B, Hq, 1, D]``, the query at key position ``Lk - 1``; float16, bfloat16 or float32.
-        k, v: ``[B, Hkv, Lk, D]`` (a KV cache, read in place); ``Hq = G * Hkv``.
+        k, v: ``[B, Hkv, Lk, D]`` (a KV cache, read in place); ``Hq = G * Hkv``. With
+            ``page_table``: pools ``[num_pages, page_size, Hkv, D]``.
         starts, ends: integer ``[B, Hkv, S]``: disjoint spans ``[start, end)`` of keys before the
             query (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them); a span with
             ``end <= start`` is empty. Nothing is masked: every span key is attended.
@@ -433,13 +523,26 @@ def attend_triton_decode_spans(
         splits: programs per ``(batch, kv_head)`` row, spans dealt out in turn; default from the
             GPU's size and the row count.
         out: ``[B, Hq, 1, D]`` buffer to write into; allocated like ``q`` when None.
+        page_table: int32 ``[B, max_pages]``: the pool page of each sequence's positions
+            ``[i * page_size, (i + 1) * page_size)`` (see :mod:`dhsa.kernels.torch_decode`); the
+            spans must lie within the table's pages. None for a contiguous cache.
 
     Returns ``[B, Hq, 1, D]`` in ``q.dtype``; heads with no key give zeros. No device-to-host
     synchronization: the launch depends on shapes only.
     """
     check_inputs(q, k, v)
     batch, q_heads, q_len, dim = q.shape
-    kv_heads = k.shape[1]
+    if page_table is None:
+        kv_heads = k.shape[1]
+        k_strides = (k.stride(0), k.stride(1), k.stride(2))
+        v_strides = (v.stride(0), v.stride(1), v.stride(2))
+        table, page_size = starts, 1  # unread
+    else:
+        check_paged(q, k, v, page_table)
+        kv_heads, page_size = k.shape[2], k.shape[1]
+        k_strides = (k.stride(0), k.stride(2), k.stride(1))
+        v_strides = (v.stride(0), v.stride(2), v.stride(1))
+        table = page_table.to(torch.int32)
     spans_ok = starts.shape == ends.shape == (batch, kv_heads, starts.shape[-1])
     if q_len != 1 or not spans_ok:
         raise ValueError(
@@ -461,14 +564,13 @@ def attend_triton_decode_spans(
         starts.to(torch.int32).contiguous(),
         ends.to(torch.int32).contiguous(),
         num_spans,
+        table,
+        table.stride(0),
+        page_size,
         q.stride(0),
         q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
+        *k_strides,
+        *v_strides,
         kv_heads,
         qk_scale,
         cap_in,
@@ -481,6 +583,7 @@ def attend_triton_decode_spans(
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         HAS_SOFTCAP=softcap is not None,
         DOT_PRECISION=dot_precision(q.dtype),
+        PAGED=page_table is not None,
         num_warps=4,
         num_stages=2,
     )
