@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..chunking import chunk_ids
+from ..intmath import ceil_div
 
 NORMS = ("sqrt", "mean")
 
@@ -58,15 +59,16 @@ def _head_block_sums(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor
     blocks' sizes ``[NQB]`` (the last block may be short)."""
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // kv_heads
-    num_blocks = -(-q_len // query_block)
+    num_blocks = ceil_div(q_len, query_block)
     padded = num_blocks * query_block
     x = q.float().view(batch, kv_heads, group, q_len, dim)
     if padded != q_len:
         x = torch.nn.functional.pad(x, (0, 0, 0, padded - q_len))
     sums = x.view(batch, kv_heads, group, num_blocks, query_block, dim).sum(dim=4)
-    counts = torch.full((num_blocks,), query_block, device=q.device, dtype=torch.float32)
-    counts[-1] = q_len - (num_blocks - 1) * query_block
-    return sums, counts
+    # Each block's size, the last one possibly short; arithmetic on a range, so a decode step
+    # writes no host value into a device tensor.
+    starts = torch.arange(num_blocks, device=q.device, dtype=torch.float32) * query_block
+    return sums, (q_len - starts).clamp(max=query_block)
 
 
 # Stage 1 of the ``peak`` scoring keeps, per query block, the best chunks covering this many times
@@ -174,7 +176,7 @@ def peak_scores(
         rank = torch.where(lead, stage1.clamp(min=0) + 1e6, stage1)
         cover = cover + room
     # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
-    ranked = min(num_chunks, -(-cover // max(shortest, 1)) + 3)
+    ranked = min(num_chunks, ceil_div(cover, max(shortest, 1)) + 3)
     best, order = rank.topk(ranked, dim=-1)  # [B, Hkv, T, K]
     size = cost.gather(-1, order)
     before = size.cumsum(-1) - size
