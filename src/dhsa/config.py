@@ -14,10 +14,11 @@ CHUNKERS = ("similarity", "fixed", "learned")
 SCORINGS = ("peak", "paper")
 
 # Key lengths from which selection plus sparse attention beats dense attention (budget 2048),
-# measured side by side by `dhsa bench`: on 2 CPU cores dense was faster at 4K and even at 8K
-# (benchmarks/cpu), on the H200 dense was faster up to 16K and sparse faster from 32K
-# (benchmarks/gpu). Shorter sequences run dense so that they never get slower.
-AUTO_MIN_LENGTH = {"cpu": 16384, "cuda": 32768}
+# measured side by side: on 2 CPU cores dense was faster at 4K and even at 8K (benchmarks/cpu);
+# on the H200 with the default peak scoring dense is faster up to 32K (16.6 against 14.8 ms) and
+# sparse faster at 64K (30.1 against 58.3 ms; benchmarks/gpu/selection_cost_steps.jsonl).
+# Shorter sequences run dense so that they never get slower.
+AUTO_MIN_LENGTH = {"cpu": 16384, "cuda": 65536}
 
 
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
