@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import dhsa
-from dhsa.chunking import fixed_boundaries, similarity_boundaries
-from dhsa.decode import BoundaryTracker, DecodeSession
+from dhsa.chunking import BoundaryTracker, fixed_boundaries, similarity_boundaries
+from dhsa.decode import DecodeSession
 
 
 def segmented_keys(batch, kv_heads, length, dim, seed, lo=12, hi=60):
