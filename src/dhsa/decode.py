@@ -27,7 +27,7 @@ from .chunking import BoundaryTracker, pad_boundaries
 from .config import DHSAConfig
 from .fill import FillRegions, chunks_taken_bound, greedy_fill, triton_fill_usable
 from .intmath import doubled_capacity
-from .layout import Layout
+from .layout import DecodeSpans, Layout
 from .methods.regions import last_query_regions
 from .methods.scoring import (
     _normalize,
@@ -221,12 +221,12 @@ class ChunkSums:
         *,
         k: Tensor | None = None,
         scale: float | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Spans ``(starts, ends)`` int32 ``[B, Hkv, S]`` that the newest query ``q [B, Hq, 1, D]``
-        attends: the prefill's fill (:func:`dhsa.fill.greedy_fill`) for one query block of one
-        token, over this table's :meth:`slot_scores`. Each row holds the sink, the chosen chunks
-        (the open tail among them) in position order, the local window with the query, then
-        empty ``(0, 0)`` spans: disjoint and at most ``budget`` keys.
+    ) -> DecodeSpans:
+        """The :class:`~dhsa.layout.DecodeSpans` (int32 ``[B, Hkv, S]``) that the newest query
+        ``q [B, Hq, 1, D]`` attends: the prefill's fill (:func:`dhsa.fill.greedy_fill`) for one
+        query block of one token, over this table's :meth:`slot_scores`. Each row holds the sink,
+        the chosen chunks (the open tail among them) in position order, the local window with the
+        query, then empty ``(0, 0)`` spans: disjoint and at most ``budget`` keys.
 
         No device-to-host synchronization: the regions are host integers of the length, and the
         most chunks the fill can touch follows from the shortest closed chunk, also on the host.
@@ -250,7 +250,7 @@ class ChunkSums:
         starts, ends, _ = greedy_fill(
             scores[:, :, None], self.lo, self.hi, regions, width=top + 2, use_triton=use_triton
         )
-        return starts[:, :, 0], ends[:, :, 0]
+        return DecodeSpans(starts[:, :, 0], ends[:, :, 0])
 
     def set_prior(self, probe: Tensor, k: Tensor, scale: float) -> None:
         """Score every slot by the exact attention of the prompt's last queries ``probe
@@ -381,11 +381,12 @@ class DecodeSession:
         row: int | None = None,
         norm: str | None = None,
         scale: float | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Spans ``(starts, ends)`` (integer ``[B, Hkv, S]``) of the newest query
-        ``q [B, Hq, 1, D]`` over ``k [B, Hkv, L, D]`` (see :meth:`ChunkSums.fill`): the first
-        ``sink`` keys, the ``local`` keys before the query and the query itself, then whole chunks
-        (the open tail included) in descending ``q . k_c`` score until ``budget`` keys.
+    ) -> DecodeSpans:
+        """The :class:`~dhsa.layout.DecodeSpans` (``starts, ends`` int32 ``[B, Hkv, S]``, what
+        :func:`dhsa.kernels.attend_decode` takes) of the newest query ``q [B, Hq, 1, D]`` over
+        ``k [B, Hkv, L, D]`` (see :meth:`ChunkSums.fill`): the first ``sink`` keys, the ``local``
+        keys before the query and the query itself, then whole chunks (the open tail included) in
+        descending ``q . k_c`` score until ``budget`` keys.
 
         The chunk state lives on the keys' device and a step touches it with device operations
         only: no synchronization with the host when ``k`` is the cache tensor of the previous step
@@ -436,5 +437,5 @@ class DecodeSession:
     ) -> Layout:
         """The spans of :meth:`select_spans` as a layout (``q_len = 1``, one row per
         ``(batch, kv_head)``)."""
-        starts, ends = self.select_spans(q, k, config, layer=layer, row=row, norm=norm)
-        return Layout.from_decode_spans(starts, ends, k.shape[2])
+        spans = self.select_spans(q, k, config, layer=layer, row=row, norm=norm)
+        return Layout.from_decode_spans(*spans, k.shape[2])
