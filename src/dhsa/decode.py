@@ -30,9 +30,9 @@ from .intmath import doubled_capacity
 from .layout import DecodeSpans, Layout
 from .methods.regions import last_query_regions
 from .methods.scoring import (
-    _normalize,
     chunk_representations,
     head_block_means,
+    normalize,
     peak_scores,
     probe_token_scores,
     query_block_representations,
@@ -184,7 +184,7 @@ class ChunkSums:
         )
         tail = k[:, :, cut:].float().sum(dim=2)
         keys = cut - self.lo[:, -1]
-        reps = _normalize(self.table[:, :, -1] - tail, keys[:, None, None], _table_norm(self.norm))
+        reps = normalize(self.table[:, :, -1] - tail, keys[:, None, None], _table_norm(self.norm))
         # A row that does not close writes what the slot holds: zeros, and lo = hi = 0.
         slot = index[:, None, None, None].expand(-1, self.table.shape[1], 1, self.table.shape[3])
         self.table.scatter_(2, slot, torch.where(close[:, None, None], reps, 0.0)[:, :, None])
