@@ -51,10 +51,10 @@ def test_bench_writes_records_plot_and_ratios(tmp_path, capsys):
 
 
 def test_bench_refuses_speedup_for_wrong_output(tmp_path):
-    from dhsa.bench.contenders import _sparse_preparer
+    from dhsa.bench.contenders import get_contender
 
     def wrong(q, k, v, config, backend):
-        prepared = _sparse_preparer("streaming")(q, k, v, config, backend)
+        prepared = get_contender("streaming").prepare(q, k, v, config, backend)
         return Prepared(run=lambda: prepared.run() + 0.1, layout=prepared.layout)
 
     register_contender(Contender(name="wrong", dense=False, prepare=wrong))

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import dhsa
-from dhsa.chunking import fixed_boundaries, similarity_boundaries
-from dhsa.decode import BoundaryTracker, DecodeSession
+from dhsa.chunking import BoundaryTracker, fixed_boundaries, similarity_boundaries
+from dhsa.decode import DecodeSession
 
 
 def segmented_keys(batch, kv_heads, length, dim, seed, lo=12, hi=60):
@@ -209,6 +209,39 @@ def test_spans_are_disjoint_and_fill_the_budget_exactly():
             covered[b, h, starts[b, h, i] : ends[b, h, i]] += 1
         assert int(covered.max()) == 1  # disjoint
         assert bool((covered[..., -1] == 1).all())  # the query's own key
+
+
+def test_session_spans_are_decode_spans_whose_layout_keeps_their_keys():
+    config = dhsa.DHSAConfig(budget=48, sink=4, local=8, query_block=8, min_chunk=4, max_chunk=16)
+    q = torch.randn(2, 4, 1, 16)
+    k, _ = segmented_keys(2, 2, 150, 16, seed=5, lo=5, hi=20)
+    spans = DecodeSession().select_spans(q, k, config, layer=0)
+    assert isinstance(spans, dhsa.DecodeSpans)
+    starts, ends = spans
+    assert starts is spans.starts and ends is spans.ends
+    assert starts.dtype == ends.dtype == torch.int32 and starts.shape == ends.shape
+    assert starts.shape[:2] == (2, 2)
+    layout = dhsa.Layout.from_decode_spans(*spans, 150)
+    layout.validate()
+    assert (layout.batch, layout.kv_heads, layout.num_rows) == (2, 2, 4)
+    assert layout.q_len == layout.query_block == 1 and layout.k_len == 150
+    for b in range(2):
+        for h in range(2):
+            row = zip(starts[b, h].tolist(), ends[b, h].tolist(), strict=True)
+            pairs = [(s, e) for s, e in row if e > s]
+            assert pairs == sorted(pairs) and all(0 <= s and e <= 150 for s, e in pairs)
+            merged = []  # the non-empty spans, touching ones merged
+            for s, e in pairs:
+                if merged and merged[-1][1] == s:
+                    merged[-1] = (merged[-1][0], e)
+                else:
+                    merged.append((s, e))
+            assert layout.spans(b, h, 0) == merged
+            keys = torch.zeros(150, dtype=torch.bool)
+            for s, e in pairs:
+                keys[s:e] = True
+            assert torch.equal(layout.to_dense_mask()[b, h, 0], keys)
+    assert torch.equal(DecodeSession().select(q, k, config, layer=0).offsets, layout.offsets)
 
 
 def test_attend_decode_equals_attention_over_the_session_layout():

@@ -26,6 +26,7 @@ _LAZY = {
     "VerticalSlashParams": "dhsa.config",
     "BACKENDS": "dhsa.kernels",
     "attend": "dhsa.kernels",
+    "DecodeSpans": "dhsa.layout",
     "Geometry": "dhsa.layout",
     "Layout": "dhsa.layout",
     "SELECTORS": "dhsa.methods",

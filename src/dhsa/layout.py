@@ -16,11 +16,16 @@ in one of its block's spans, ``j <= position`` (causal) and, with a sliding wind
 The sizes and rules above (batch, KV heads, query and key lengths, query block, sliding window)
 are the layout's :class:`Geometry`: a selector computes it once (:meth:`Geometry.of`) and every
 constructor takes it whole.
+
+A decode step (one query, the newest key) selects :class:`DecodeSpans` instead: a fixed number of
+padded spans per ``(batch, kv_head)``, the form the decode attention reads without compacting;
+:meth:`Layout.from_decode_spans` gives their layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -73,6 +78,26 @@ class Geometry:
     def block_bounds(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
         """:func:`query_block_bounds` of this geometry's query blocks."""
         return query_block_bounds(self.q_len, self.k_len, self.query_block, device)
+
+
+class DecodeSpans(NamedTuple):
+    """The keys one decode query attends, per ``(batch, kv_head)``: the selection of a step of
+    :class:`dhsa.decode.DecodeSession` and the input of :func:`dhsa.kernels.attend_decode`.
+
+    ``starts, ends`` are int32 ``[B, Hkv, S]``: row ``(b, h)`` attends the keys ``[start, end)``
+    of its spans. The query is the newest key, at position ``k_len - 1``: every span lies in
+    ``[0, k_len)``, the keys up to the query's own. A span with ``end <= start`` is empty
+    (padding, ``(0, 0)``); the others are sorted and disjoint, though neighbours may touch. ``S``
+    is fixed by the host (it never depends on the data), so nothing waits for the device to read
+    them.
+
+    As a tuple the spans unpack as ``starts, ends``. Their layout,
+    ``Layout.from_decode_spans(*spans, k_len)``, has ``q_len = query_block = 1``, one row per
+    ``(b, h)`` in that order, and keeps each row's non-empty spans with touching ones merged.
+    """
+
+    starts: Tensor
+    ends: Tensor
 
 
 @dataclass(frozen=True)
@@ -220,7 +245,8 @@ class Layout:
     @classmethod
     def from_decode_spans(cls, starts: Tensor, ends: Tensor, k_len: int) -> Layout:
         """The layout of one query per ``(batch, kv_head)`` keeping the padded spans ``starts,
-        ends [B, Hkv, S]`` (empty where ``end <= start``), as a decode step selects them."""
+        ends [B, Hkv, S]`` (empty where ``end <= start``): the fields of :class:`DecodeSpans`, as
+        a decode step selects them. Touching spans of a row merge into one."""
         batch, kv_heads, width = starts.shape
         return cls.from_padded(
             starts.reshape(-1, width),

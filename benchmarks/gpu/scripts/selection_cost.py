@@ -21,7 +21,7 @@ from triton.testing import do_bench
 import dhsa
 from dhsa.chunking import compute_boundaries
 from dhsa.layout import Geometry
-from dhsa.methods.chunked import _peak_tiles
+from dhsa.methods.chunked import peak_tiles
 from dhsa.methods.regions import block_regions
 from dhsa.methods.scoring import chunk_representations
 
@@ -36,7 +36,7 @@ def peak_stages(config, q, k) -> dict:
     )
 
     def scores():
-        for _ in _peak_tiles(q, k, bounds, regions, config, scale, means)():
+        for _ in peak_tiles(q, k, bounds, regions, config, scale, means)():
             pass
 
     def bench(f):

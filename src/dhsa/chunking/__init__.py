@@ -1,43 +1,22 @@
-"""Boundary detectors: each returns an int64 ``[B, N + 1]`` boundary tensor (see ``boundaries``)."""
+"""Boundary detectors: each returns an int64 ``[B, N + 1]`` boundary tensor (see ``boundaries``).
 
-from __future__ import annotations
+- :mod:`~dhsa.chunking.similarity`, :mod:`~dhsa.chunking.fixed`, :mod:`~dhsa.chunking.learned`
+  (trained by :mod:`~dhsa.chunking.training` on :mod:`~dhsa.chunking.labels`): the full-sequence
+  chunkers;
+- :mod:`~dhsa.chunking.dispatch`: :func:`compute_boundaries`, the chunker ``config.chunker`` names;
+- :mod:`~dhsa.chunking.incremental`: :class:`BoundaryTracker`, the same boundaries extended one
+  token at a time (decode).
+"""
 
-from torch import Tensor
-
-from ..config import DHSAConfig
 from .boundaries import check_boundaries, chunk_ids, pad_boundaries, split_long
+from .dispatch import compute_boundaries
 from .fixed import fixed_boundaries
+from .incremental import BoundaryTracker
 from .learned import learned_boundaries, load_predictor
 from .similarity import similarity_boundaries
 
-
-def compute_boundaries(k: Tensor, config: DHSAConfig) -> Tensor:
-    """Boundaries of the keys ``k [B, Hkv, L, D]`` by ``config.chunker``."""
-    batch, length = k.shape[0], k.shape[2]
-    if config.chunker == "fixed":
-        return fixed_boundaries(batch, length, config.chunk_size, k.device)
-    if config.chunker == "similarity":
-        return similarity_boundaries(
-            k,
-            window=config.boundary_window,
-            z=config.boundary_z,
-            min_chunk=config.min_chunk,
-            max_chunk=config.max_chunk,
-            max_chunks=config.max_chunks,
-        )
-    if config.chunker == "learned":
-        return learned_boundaries(
-            k,
-            load_predictor(config.predictor),
-            threshold=config.predictor_threshold,
-            min_chunk=config.min_chunk,
-            max_chunk=config.max_chunk,
-            max_chunks=config.max_chunks,
-        )
-    raise ValueError(f"chunker {config.chunker!r} is not available in this build")
-
-
 __all__ = [
+    "BoundaryTracker",
     "check_boundaries",
     "chunk_ids",
     "compute_boundaries",

@@ -52,13 +52,12 @@ class Sample:
 def english_words() -> tuple[str, ...]:
     """Lower-case single English words (nouns, adjectives, verbs) from ``wonderwords``' lists."""
     try:
-        from wonderwords.random_word import _get_words_from_text_file
+        from wonderwords import RandomWord
     except ImportError as error:
         raise ImportError("RULER word tasks need wonderwords: pip install 'dhsa[eval]'") from error
-    words = set()
-    for name in ("nounlist.txt", "adjectivelist.txt", "verblist.txt"):
-        words.update(w for w in _get_words_from_text_file(name) if w.isalpha() and w.islower())
-    return tuple(sorted(words))
+    lists = RandomWord(enhanced_prefixes=False)
+    listed = lists.filter(include_categories=["noun", "adjective", "verb"])
+    return tuple(sorted({w for w in listed if w.isalpha() and w.islower()}))
 
 
 def _number(rng: random.Random) -> str:

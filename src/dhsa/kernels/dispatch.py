@@ -122,10 +122,12 @@ def attend_decode(
 
     ``q [B, Hq, 1, D]`` is the query at key position ``Lk - 1`` of ``k, v [B, Hkv, Lk, D]``;
     ``starts, ends`` (integer ``[B, Hkv, S]``) are disjoint spans of keys up to the query, empty
-    where ``end <= start`` (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them). The
-    Triton backend reads the spans as they are, with no device-to-host synchronization; the torch
-    backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`), without reading the device
-    when ``max_keys`` bounds a row's keys (the budget); the reference attends them as a layout.
+    where ``end <= start``: the fields of :class:`~dhsa.layout.DecodeSpans`, as
+    :meth:`dhsa.decode.DecodeSession.select_spans` gives them (``attend_decode(q, k, v, *spans)``).
+    The Triton backend reads the spans as they are, with no device-to-host synchronization; the
+    torch backend gathers the spans' keys (:mod:`dhsa.kernels.torch_decode`), without reading the
+    device when ``max_keys`` bounds a row's keys (the budget); the reference attends them as a
+    layout.
     Returns ``[B, Hq, 1, D]`` in ``q.dtype``.
 
     Paged cache: with ``page_table`` (int32 ``[B, max_pages]``), ``k, v`` are pools

@@ -517,7 +517,8 @@ def attend_triton_decode_spans(
         k, v: ``[B, Hkv, Lk, D]`` (a KV cache, read in place); ``Hq = G * Hkv``. With
             ``page_table``: pools ``[num_pages, page_size, Hkv, D]``.
         starts, ends: integer ``[B, Hkv, S]``: disjoint spans ``[start, end)`` of keys before the
-            query (as :meth:`dhsa.decode.DecodeSession.select_spans` gives them); a span with
+            query (the fields of :class:`~dhsa.layout.DecodeSpans`, as
+            :meth:`dhsa.decode.DecodeSession.select_spans` gives them); a span with
             ``end <= start`` is empty. Nothing is masked: every span key is attended.
         scale, softcap: as in :func:`dhsa.kernels.triton_prefill.attend_triton`.
         splits: programs per ``(batch, kv_head)`` row, spans dealt out in turn; default from the

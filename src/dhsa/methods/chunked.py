@@ -49,7 +49,7 @@ def chunk_select(
     k_rep = chunk_representations(k, bounds, norm)
     tiles = None
     if peak:
-        tiles = _peak_tiles(q, k, bounds, regions, config, scale, k_rep)
+        tiles = peak_tiles(q, k, bounds, regions, config, scale, k_rep)
     return greedy_layout(
         q_rep,
         k_rep,
@@ -62,8 +62,10 @@ def chunk_select(
     )
 
 
-def _peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_means: Tensor):
-    """The ``peak`` scores (:func:`peak_scores`) as a function returning tiles of query blocks."""
+def peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_means: Tensor):
+    """The ``peak`` scores (:func:`peak_scores`) of the chunks ``bounds`` of ``k`` for the query
+    blocks of ``q``, as a function whose call yields them a tile of query blocks at a time,
+    ``(q0, q1, scores)``; the tiles' size follows ``config.backend.peak_tile``."""
     kv_heads, dim = k.shape[1], k.shape[3]
     head_q = head_block_means(q, kv_heads, config.query_block)
     lo, hi = bounds[:, :-1], bounds[:, 1:]

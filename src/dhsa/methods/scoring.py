@@ -18,7 +18,10 @@ from ..intmath import ceil_div
 NORMS = ("sqrt", "mean")
 
 
-def _normalize(sums: Tensor, counts: Tensor, norm: str) -> Tensor:
+def normalize(sums: Tensor, counts: Tensor, norm: str) -> Tensor:
+    """Key or query ``sums`` over ``counts`` items (broadcastable; a count below 1 counts as 1) as
+    the representation ``norm`` names: ``sqrt`` divides by ``sqrt(count)``, ``mean`` by
+    ``count``."""
     counts = torch.clamp(counts, min=1).to(sums.dtype)
     if norm == "sqrt":
         return sums / counts.sqrt()
@@ -42,7 +45,7 @@ def chunk_representations(k: Tensor, bounds: Tensor, norm: str, token_tile: int 
             t1 = min(t0 + token_tile, length)
             sums[b].index_add_(1, ids[b, t0:t1], k[b, :, t0:t1].float())
     counts = (bounds[:, 1:] - bounds[:, :-1])[:, None, :, None]
-    return _normalize(sums, counts, norm)
+    return normalize(sums, counts, norm)
 
 
 def query_block_representations(q: Tensor, kv_heads: int, query_block: int, norm: str) -> Tensor:
@@ -51,7 +54,7 @@ def query_block_representations(q: Tensor, kv_heads: int, query_block: int, norm
     ``q`` is ``[B, Hq, Lq, D]`` with ``Hq = G * Hkv``; the ``G`` heads of a group are averaged.
     """
     sums, counts = _head_block_sums(q, kv_heads, query_block)
-    return _normalize(sums.mean(dim=2), counts[:, None], norm)
+    return normalize(sums.mean(dim=2), counts[:, None], norm)
 
 
 def _head_block_sums(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor, Tensor]:
