@@ -24,10 +24,10 @@ from .scoring import (
     triton_peak_usable,
 )
 
-# One tile of the ``peak`` rescoring gathers the keys of its rows' candidates: up to this many
-# times ``DHSAConfig.backend.peak_tile`` elements (a stage-2 row is longer than a row of scores). On
-# the GPU a tile of one row per launch sequence is launch-bound (benchmarks/gpu/
-# selection_cost.jsonl: 1.26 s at 32K keys), so tiles there may be 32 times larger.
+# One tile of the ``peak`` scores holds its rows' stage-1 logits and (on the CPU, where stage 2
+# gathers them) their candidates' keys: up to this many times ``DHSAConfig.backend.peak_tile``
+# elements. On the GPU small tiles are launch-bound (benchmarks/gpu/selection_cost.jsonl: 1.26 s
+# at 32K keys with one row per tile), so tiles there may be 32 times larger.
 PEAK_TILE_FACTOR = {"cpu": 8, "cuda": 256}
 
 
