@@ -280,7 +280,11 @@ def chunk_mass(
         queries = queries.contiguous()
     means = chunk_means.float().reshape(batch * kv_heads, num_chunks, dim).contiguous()
     group_pad = triton.next_power_of_2(group)
-    tile_rows = max(1, 64 // group_pad)
+    # A tile holds 64 query vectors and 32 chunk means up to head size 128; larger heads halve
+    # both (the float32 operands, their TF32 halves and the pipelined chunk loads of head size
+    # 256 at the full tile ask 256 KB of shared memory, past the H200's 227 KB).
+    wide = dim > 128
+    tile_rows = max(1, (32 if wide else 64) // group_pad)
     num_tiles = triton.cdiv(rows, tile_rows)
     # Per tile of rows, the index range of the chunks any of its rows sees (chunks need not be
     # in position order: a decode table's unused slots sit between its chunks and its tail).
@@ -319,10 +323,11 @@ def chunk_mass(
         GROUP_PAD=group_pad,
         ROWS=tile_rows,
         DIM=dim,
-        BLOCK_C=32,
+        BLOCK_C=16 if wide else 32,
         # Three TF32 products keep float32's accuracy on the tensor cores; the interpreter and
         # other devices take the exact product.
         PRECISION="tf32x3" if head_q.is_cuda else "ieee",
         num_warps=4,
+        num_stages=2 if wide else 3,
     )
     return mass, lse
