@@ -129,3 +129,33 @@ def test_chunk_mass_matches_tensor_operations(rng, group, rows, num_chunks, shuf
     torch.testing.assert_close(lse.cpu().double(), want_lse, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(mass.cpu().double(), want, atol=1e-5, rtol=1e-4)
     assert torch.equal(mass.cpu() > 0, want > 0)
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_a_prior_on_one_row_leaves_the_other_rows_alone(use_triton):
+    """The prompt-end probe's prior rides on the last row of a tile (``-inf`` on the others):
+    every other row scores exactly as without a prior, and the last row as on its own."""
+    gen = torch.Generator().manual_seed(5)
+    batch, kv_heads, group, dim, length, block = 1, 2, 2, 16, 403, 16
+    q = torch.randn(batch, kv_heads * group, length, dim, generator=gen)
+    k = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    cuts = torch.sort(torch.randperm(length - 1, generator=gen)[:40] + 1).values
+    edges = torch.cat([torch.tensor([0]), cuts, torch.tensor([length])])
+    lo, hi = edges[:-1].expand(batch, -1), edges[1:].expand(batch, -1)
+    means = torch.stack([k[:, :, a:b].mean(2) for a, b in zip(lo[0], hi[0], strict=True)], dim=2)
+    regions = block_regions(Geometry(1, 1, length, length, block), 4, 8, torch.device("cpu"))
+    head_q = head_block_means(q, kv_heads, block)
+    rows = head_q.shape[3]
+    prior = torch.full((batch, kv_heads, rows, lo.shape[1]), -torch.inf)
+    prior[:, :, -1] = torch.randn(batch, kv_heads, lo.shape[1], generator=gen) - 6.0
+    bounds = (regions.lowest, regions.block_end, regions.candidate_start, regions.candidate_end)
+    on = [t.to(DEVICE) for t in (head_q, k, means, lo, hi, *bounds, prior)]
+    kwargs = dict(scale=0.25, room=40, shortest=int((hi - lo).min()), longest=int((hi - lo).max()))
+    kwargs.update(exact_prior=True, use_triton=use_triton)
+    together = peak_scores(*on[:-1], prior=on[-1], **kwargs).cpu()
+    alone = peak_scores(*on[:-1], **kwargs).cpu()
+    assert torch.equal(together[:, :, :-1], alone[:, :, :-1])
+    last = [on[0][:, :, :, -1:], *on[1:5], *(b[-1:] for b in on[5:9])]
+    own = peak_scores(*last, prior=on[-1][:, :, -1:], **kwargs).cpu()
+    torch.testing.assert_close(together[:, :, -1:], own, atol=1e-4, rtol=1e-5)
+    assert not torch.equal(together[:, :, -1:], alone[:, :, -1:])

@@ -134,9 +134,12 @@ def peak_scores(
     ``T x (CANDIDATE_FACTOR * room + longest)`` keys).
 
     ``prior [B, Hkv, T, N]`` (a per-token log mass per chunk, ``-inf`` for none; see
-    :func:`probe_chunk_scores`) makes chunks candidates by ``max(stage-1 mass, exp(prior))``; with
-    ``exact_prior`` (the prior is the exact attention of the row's own queries) a chunk's final
-    score is also at least its prior.
+    :func:`probe_chunk_scores`): in a row that carries one (any finite value) the prior's best
+    chunks covering ``room`` keys come first among the candidates, which then cover
+    ``(CANDIDATE_FACTOR + 1) * room`` keys; a row whose prior is all ``-inf`` scores exactly as
+    without a prior.
+    With ``exact_prior`` (the prior is the exact attention of the row's own queries) a chunk's
+    final score is also at least its prior.
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
@@ -170,17 +173,21 @@ def peak_scores(
     cost = cost.expand(-1, kv_heads, -1, -1)
     stage1 = stage1.masked_fill(unseen, -torch.inf)
     cover = CANDIDATE_FACTOR * room
+    most = cover  # the largest cover of any row: a host integer
     rank = stage1
     if prior is not None:
-        # The prior's best chunks covering `room` keys come first, on top of stage 1's cover.
+        # The prior's best chunks covering `room` keys come first, on top of stage 1's cover, in
+        # the rows that carry a prior (any finite value); the other rows rank as without one.
         p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(dim=-1, descending=True)
         p_size = cost.gather(-1, p_order)
         p_first = ((p_size.cumsum(-1) - p_size) < room) & (p_best > -torch.inf)
         lead = torch.zeros_like(p_first).scatter(-1, p_order, p_first)
         rank = torch.where(lead, stage1.clamp(min=0) + 1e6, stage1)
-        cover = cover + room
+        carries = (prior > -torch.inf).any(dim=-1, keepdim=True)  # [B, Hkv, T, 1]
+        cover = cover + room * carries.int()
+        most = most + room
     # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
-    ranked = min(num_chunks, ceil_div(cover, max(shortest, 1)) + 3)
+    ranked = min(num_chunks, ceil_div(most, max(shortest, 1)) + 3)
     best, order = rank.topk(ranked, dim=-1)  # [B, Hkv, T, K]
     size = cost.gather(-1, order)
     before = size.cumsum(-1) - size
@@ -189,7 +196,7 @@ def peak_scores(
     ends = size.cumsum(-1)
     offset = cand_lo.gather(-1, order) - (ends - size)
     queries = head_q.to(k.dtype)
-    width = cover + longest
+    width = most + longest
     peak = chunk_peaks(queries, lse[..., 0], k, offset, ends, width, scale, use_triton)
     if prior is not None and exact_prior:
         peak = torch.maximum(peak, prior.gather(-1, order))
