@@ -140,30 +140,51 @@ def peak_scores(
     without a prior.
     With ``exact_prior`` (the prior is the exact attention of the row's own queries) a chunk's
     final score is also at least its prior.
+
+    ``use_triton`` (None: where :func:`triton_peak_usable`): with at least
+    ``STAGE1_KERNEL_ROWS`` rows the scores come from three launches
+    (:func:`dhsa.methods.triton_peak.peak_scores`, ranking ties broken by position); fewer rows
+    (a decode step) run stage 1 as tensor operations and stage 2 as the kernel.
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
-    lo = chunk_lo[:, None, None, :]
-    hi = chunk_hi[:, None, None, :]
+    cover = CANDIDATE_FACTOR * room
+    most = cover + (0 if prior is None else room)  # the largest cover of any row
+    # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
+    ranked = min(num_chunks, ceil_div(most, max(shortest, 1)) + 3)
+    width = most + longest
     if use_triton is None:
         use_triton = triton_peak_usable(k.device, dim)
-    if use_triton and rows >= STAGE1_KERNEL_ROWS:  # one launch, the logits stay in registers
-        from .triton_peak import chunk_mass
+    if use_triton and rows >= STAGE1_KERNEL_ROWS:  # three launches, no [T, N] tensor passes
+        from . import triton_peak
 
-        stage1, lse = chunk_mass(
-            head_q, chunk_means, chunk_lo, chunk_hi, visible_start, visible_end, scale=scale
+        return triton_peak.peak_scores(
+            head_q,
+            k,
+            chunk_means,
+            chunk_lo,
+            chunk_hi,
+            visible_start,
+            visible_end,
+            candidate_lo,
+            candidate_hi,
+            scale=scale,
+            room=room,
+            cover_factor=CANDIDATE_FACTOR,
+            listed=ranked,
+            width=width,
+            prior=prior,
+            exact_prior=exact_prior,
         )
-        lse = lse[..., None]
-    else:
-        lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
-        visible = (lo < visible_end[None, None, :, None]) & (
-            hi > visible_start[None, None, :, None]
-        )
-        visible &= hi > lo
-        coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
-        coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
-        lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
-        stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
+    lo = chunk_lo[:, None, None, :]
+    hi = chunk_hi[:, None, None, :]
+    lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
+    visible = (lo < visible_end[None, None, :, None]) & (hi > visible_start[None, None, :, None])
+    visible &= hi > lo
+    coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
+    coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
+    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
+    stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
     # Each chunk's part of the candidate region is the same for every head: [B, 1, T, N] tensors
     # (int32: half the bytes), expanded (not copied) where a gather needs the heads.
     cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).int()
@@ -172,8 +193,6 @@ def peak_scores(
     cand_lo = cand_lo.expand(-1, kv_heads, -1, -1)
     cost = cost.expand(-1, kv_heads, -1, -1)
     stage1 = stage1.masked_fill(unseen, -torch.inf)
-    cover = CANDIDATE_FACTOR * room
-    most = cover  # the largest cover of any row: a host integer
     rank = stage1
     if prior is not None:
         # The prior's best chunks covering `room` keys come first, on top of stage 1's cover, in
@@ -185,9 +204,6 @@ def peak_scores(
         rank = torch.where(lead, stage1.clamp(min=0) + 1e6, stage1)
         carries = (prior > -torch.inf).any(dim=-1, keepdim=True)  # [B, Hkv, T, 1]
         cover = cover + room * carries.int()
-        most = most + room
-    # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
-    ranked = min(num_chunks, ceil_div(most, max(shortest, 1)) + 3)
     best, order = rank.topk(ranked, dim=-1)  # [B, Hkv, T, K]
     size = cost.gather(-1, order)
     before = size.cumsum(-1) - size
@@ -196,7 +212,6 @@ def peak_scores(
     ends = size.cumsum(-1)
     offset = cand_lo.gather(-1, order) - (ends - size)
     queries = head_q.to(k.dtype)
-    width = most + longest
     peak = chunk_peaks(queries, lse[..., 0], k, offset, ends, width, scale, use_triton)
     if prior is not None and exact_prior:
         peak = torch.maximum(peak, prior.gather(-1, order))

@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..fill.triton_fill import order_key
+
 
 @triton.jit
 def _segment_max(chunk_a, best_a, chunk_b, best_b):
@@ -32,9 +34,11 @@ def _chunk_peak_kernel(
     k_ptr,
     offset_ptr,
     ends_ptr,
+    ids_ptr,
     out_ptr,
     rows,
     chunks,
+    out_cols,
     length,
     scale,
     stride_qb,
@@ -48,11 +52,13 @@ def _chunk_peak_kernel(
     BLOCK_W: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,
     IEEE: tl.constexpr,
+    HAS_IDS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     row = tl.program_id(1)  # t of the tile
     head = tl.program_id(2)  # b * Hkv + h
     base = (head * rows + row).to(tl.int64) * chunks
+    out_base = (head * rows + row).to(tl.int64) * out_cols
     total = tl.load(ends_ptr + base + chunks - 1)
     w = tile * BLOCK_W + tl.arange(0, BLOCK_W)
     live = w < total
@@ -92,7 +98,11 @@ def _chunk_peak_kernel(
     # here (its own last slot, or the tile's or the row's last).
     _, best = tl.associative_scan((which, best), 0, _segment_max)
     last = (w == chunk_end - 1) | (w == tile * BLOCK_W + BLOCK_W - 1) | (w == total - 1)
-    tl.atomic_max(out_ptr + base + which, best, mask=live & last)
+    if HAS_IDS:
+        column = tl.load(ids_ptr + base + which, mask=live & last, other=0)
+    else:
+        column = which
+    tl.atomic_max(out_ptr + out_base + column, best, mask=live & last)
 
 
 def chunk_peaks(
@@ -119,8 +129,18 @@ def chunk_peaks(
     if dim < 16 or dim & (dim - 1):
         raise ValueError(f"the Triton peak kernel needs a power-of-two head size >= 16, got {dim}")
     out = torch.full((batch, kv_heads, rows, chunks), -torch.inf, device=k.device)
-    if out.numel() == 0 or width <= 0:
-        return out
+    _launch_peaks(head_q, lse, k, offset, ends, None, out, width=width, scale=scale)
+    return out
+
+
+def _launch_peaks(head_q, lse, k, offset, ends, ids, out, *, width: int, scale: float) -> None:
+    """Fold each listed chunk's best key (see :func:`chunk_peaks`) into ``out [B, Hkv, T, C]``
+    by an atomic maximum: at column ``ids[j]`` (int32 ``[B, Hkv, T, K]``), or ``j`` when
+    ``ids`` is None."""
+    batch, kv_heads, group, rows, dim = head_q.shape
+    chunks = ends.shape[-1]
+    if out.numel() == 0 or chunks == 0 or width <= 0:
+        return
     queries = head_q.reshape(batch * kv_heads, group, rows, dim)
     if queries.stride(-1) != 1:
         queries = queries.contiguous()
@@ -135,9 +155,11 @@ def chunk_peaks(
         keys,
         offset.to(torch.int64).contiguous(),
         ends.to(torch.int64).contiguous(),
+        ends if ids is None else ids,
         out,
         rows,
         chunks,
+        out.shape[-1],
         k.shape[2],
         float(scale),
         queries.stride(0),
@@ -151,9 +173,9 @@ def chunk_peaks(
         BLOCK_W=block_w,
         SEARCH_STEPS=max(1, chunks.bit_length()),
         IEEE=k.dtype == torch.float32,
+        HAS_IDS=ids is not None,
         num_warps=4,
     )
-    return out
 
 
 @triton.jit(do_not_specialize=["rows", "num_chunks"])
@@ -326,3 +348,168 @@ def chunk_mass(
         num_warps=4,
     )
     return mass, lse
+
+
+@triton.jit
+def _top_cover(key, size, cover):
+    """Bool mask of the chunks ranked first by ``key`` (descending, ties in position order)
+    while the sizes ranked before them sum to less than ``cover``; chunks of size 0 are never
+    taken. The cut key is found by bisection over the int32 keys (32 rounds)."""
+    total = tl.sum(size, axis=0)
+    if total >= cover:
+        # The largest key k with size(key >= k) >= cover: every chunk above it is taken, none
+        # below it, and the chunks at it in position order while the cover is not reached.
+        low = tl.full([], -(2**31), dtype=tl.int64)
+        high = tl.full([], 2**31 - 1, dtype=tl.int64)
+        for _ in range(32):
+            mid = low + (high - low + 1) // 2
+            above = tl.sum(tl.where(key >= mid, size, 0), axis=0)
+            low = tl.where(above >= cover, mid, low)
+            high = tl.where(above >= cover, high, mid - 1)
+        strict = tl.sum(tl.where(key > low, size, 0), axis=0)
+        tied = tl.where(key == low, size, 0)
+        before = tl.cumsum(tied, axis=0) - tied
+        taken = (key > low) | ((key == low) & (strict + before < cover))
+    else:
+        taken = key == key
+    return taken & (size > 0)
+
+
+@triton.jit(do_not_specialize=["rows", "num_chunks", "listed", "room"])
+def _choose_kernel(
+    scores_ptr,
+    lo_ptr,
+    hi_ptr,
+    cand_start_ptr,
+    cand_end_ptr,
+    prior_ptr,
+    offset_ptr,
+    ends_ptr,
+    ids_ptr,
+    rows,
+    num_chunks,
+    listed,
+    kv_heads,
+    room,
+    COVER_FACTOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_PRIOR: tl.constexpr,
+    EXACT_PRIOR: tl.constexpr,
+):
+    pid = tl.program_id(0)  # (b * Hkv + h) * T + t
+    t = pid % rows
+    b = (pid // rows // kv_heads).to(tl.int64)
+    row = pid.to(tl.int64) * num_chunks
+    c = tl.arange(0, BLOCK_N)
+    ok = c < num_chunks
+    mass = tl.load(scores_ptr + row + c, mask=ok, other=0.0)
+    chunk_lo = tl.load(lo_ptr + b * num_chunks + c, mask=ok, other=0)
+    chunk_hi = tl.load(hi_ptr + b * num_chunks + c, mask=ok, other=0)
+    start = tl.maximum(chunk_lo, tl.load(cand_start_ptr + t))
+    size = tl.maximum(tl.minimum(chunk_hi, tl.load(cand_end_ptr + t)) - start, 0)
+    size = tl.where(ok, size, 0)
+    seen = size > 0
+    cover = COVER_FACTOR * room
+    rank = mass
+    if HAS_PRIOR:
+        prior = tl.load(prior_ptr + row + c, mask=ok, other=float("-inf"))
+        known = prior > float("-inf")
+        lead = _top_cover(order_key(prior), tl.where(known, size, 0), room)
+        rank = tl.where(lead, tl.maximum(mass, 0.0) + 1e6, mass)
+        cover += room * tl.max(known.to(tl.int32), axis=0)
+    taken = _top_cover(order_key(rank), size, cover)
+    low = tl.log(tl.maximum(mass, 1.1754943508222875e-38)) - 1e4
+    final = tl.where(seen, low, float("-inf"))
+    if EXACT_PRIOR:
+        final = tl.where(taken, prior, final)  # stage 2 raises it to the best key
+    else:
+        final = tl.where(taken, float("-inf"), final)
+    tl.store(scores_ptr + row + c, final, mask=ok)
+    # The taken chunks in position order, their candidate keys laid end to end; the list's
+    # unused entries end where the last taken chunk does.
+    size = tl.where(taken, size, 0)
+    ends = tl.cumsum(size, axis=0)
+    slot = tl.cumsum(taken.to(tl.int32), axis=0) - 1
+    count = tl.sum(taken.to(tl.int32), axis=0)
+    out = pid.to(tl.int64) * listed
+    keep = taken & (slot < listed)
+    tl.store(offset_ptr + out + slot, start - (ends - size), mask=keep)
+    tl.store(ends_ptr + out + slot, ends, mask=keep)
+    tl.store(ids_ptr + out + slot, c, mask=keep)
+    spare = (c >= count) & (c < listed)
+    tl.store(offset_ptr + out + c, 0, mask=spare)
+    tl.store(ends_ptr + out + c, tl.sum(size, axis=0), mask=spare)
+    tl.store(ids_ptr + out + c, 0, mask=spare)
+
+
+def peak_scores(
+    head_q: Tensor,
+    k: Tensor,
+    chunk_means: Tensor,
+    chunk_lo: Tensor,
+    chunk_hi: Tensor,
+    visible_start: Tensor,
+    visible_end: Tensor,
+    candidate_lo: Tensor,
+    candidate_hi: Tensor,
+    *,
+    scale: float,
+    room: int,
+    cover_factor: int,
+    listed: int,
+    width: int,
+    prior: Tensor | None = None,
+    exact_prior: bool = False,
+) -> Tensor:
+    """The scores of :func:`dhsa.methods.scoring.peak_scores` (same arguments; ``cover_factor``
+    its ``CANDIDATE_FACTOR``) in three launches, float32 ``[B, Hkv, T, N]``:
+
+    1. :func:`chunk_mass` writes stage 1's masses into the scores tensor;
+    2. one program per row takes the candidates (the prior's lead chunks, then stage 1's best,
+       covering ``cover_factor * room`` keys, ``room`` more in a row that carries a prior) by
+       bisection over the masses' order, lists them in position order (at most ``listed``, a
+       host bound) and overwrites the row with its final scores: ``log(mass) - 1e4`` for the
+       other candidates, ``-inf`` outside the candidate region, and ``-inf`` (with
+       ``exact_prior`` the prior) for the taken chunks;
+    3. :func:`chunk_peaks`' kernel raises each taken chunk's score to its best key, reading
+       ``width`` (a host bound on the listed keys) slots per row.
+
+    Ranking ties are broken by position (the lower chunk index first). Nothing waits for the
+    device.
+    """
+    batch, kv_heads, group, rows, dim = head_q.shape
+    num_chunks = chunk_means.shape[2]
+    scores, lse = chunk_mass(
+        head_q, chunk_means, chunk_lo, chunk_hi, visible_start, visible_end, scale=scale
+    )
+    shape = (batch, kv_heads, rows, listed)
+    offset = torch.empty(shape, dtype=torch.int64, device=k.device)
+    ends = torch.empty_like(offset)
+    ids = torch.empty(shape, dtype=torch.int32, device=k.device)
+    if scores.numel() == 0 or listed == 0:
+        return scores.fill_(-torch.inf)
+    block_n = max(16, triton.next_power_of_2(num_chunks))
+    _choose_kernel[(batch * kv_heads * rows,)](
+        scores,
+        chunk_lo.to(torch.int64).contiguous(),
+        chunk_hi.to(torch.int64).contiguous(),
+        candidate_lo.to(torch.int64).contiguous(),
+        candidate_hi.to(torch.int64).contiguous(),
+        scores if prior is None else prior.float().contiguous(),
+        offset,
+        ends,
+        ids,
+        rows,
+        num_chunks,
+        listed,
+        kv_heads,
+        room,
+        COVER_FACTOR=cover_factor,
+        BLOCK_N=block_n,
+        HAS_PRIOR=prior is not None,
+        EXACT_PRIOR=prior is not None and exact_prior,
+        num_warps=max(4, min(16, block_n // 1024)),
+    )
+    queries = head_q.to(k.dtype)
+    _launch_peaks(queries, lse, k, offset, ends, ids, scores, width=width, scale=scale)
+    return scores
