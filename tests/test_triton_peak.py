@@ -159,3 +159,109 @@ def test_a_prior_on_one_row_leaves_the_other_rows_alone(use_triton):
     own = peak_scores(*last, prior=on[-1][:, :, -1:], **kwargs).cpu()
     torch.testing.assert_close(together[:, :, -1:], own, atol=1e-4, rtol=1e-5)
     assert not torch.equal(together[:, :, -1:], alone[:, :, -1:])
+
+
+def chunked_keys(gen, batch, kv_heads, length, dim, counts):
+    """Keys and per batch ``counts[b]`` random chunks, the batch padded with empty chunks at
+    ``length`` to the largest count: ``k, lo, hi, means`` (float32 mean key, 0 when empty)."""
+    k = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    most = max(counts)
+    lo = torch.full((batch, most), length)
+    hi = torch.full((batch, most), length)
+    for b, n in enumerate(counts):
+        cuts = torch.sort(torch.randperm(length - 1, generator=gen)[: n - 1] + 1).values
+        edges = torch.cat([torch.tensor([0]), cuts, torch.tensor([length])])
+        lo[b, :n], hi[b, :n] = edges[:-1], edges[1:]
+    means = torch.zeros(batch, kv_heads, most, dim)
+    for b in range(batch):
+        for c in range(most):
+            if hi[b, c] > lo[b, c]:
+                means[b, :, c] = k[b, :, lo[b, c] : hi[b, c]].mean(1)
+    return k, lo, hi, means
+
+
+def float64_peak_scores(head_q, k, means, lo, hi, regions, *, scale, room, prior, factor):
+    """The ``peak`` rule row by row in float64 (``exact_prior``): stage 1's masses, the prior's
+    lead chunks, the candidates covering ``factor * room`` keys (``room`` more with a prior),
+    their best keys; ``log(mass) - 1e4`` for the other candidates, ``-inf`` outside."""
+    batch, kv_heads, group, rows, _ = head_q.shape
+    out = torch.full((batch, kv_heads, rows, lo.shape[1]), -torch.inf, dtype=torch.float64)
+    tiny = torch.finfo(torch.float32).tiny
+    for b, h, t in torch.cartesian_prod(*(torch.arange(n) for n in (batch, kv_heads, rows))):
+        b, h, t = int(b), int(h), int(t)
+        first, last = int(regions.candidate_start[t]), int(regions.candidate_end[t])
+        see_lo, see_hi = int(regions.lowest[t]), int(regions.block_end[t])
+        visible = (lo[b] < see_hi) & (hi[b] > see_lo) & (hi[b] > lo[b])
+        q = head_q[b, h, :, t].double()
+        logits = scale * q @ means[b, h].double().T  # [G, N]
+        weighted = logits + (hi[b] - lo[b]).clamp(min=1).double().log()
+        lse = torch.logsumexp(weighted.masked_fill(~visible, -torch.inf), dim=-1)  # [G]
+        mass = torch.where(visible, (logits - lse[:, None]).exp(), 0.0).sum(0)
+        start = torch.clamp(lo[b], min=first)
+        cost = (torch.clamp(hi[b], max=last) - start).clamp(min=0)
+        seen = [c for c in range(lo.shape[1]) if cost[c] > 0]
+        rank = {c: float(mass[c]) for c in seen}
+        cover = factor * room
+        row_prior = None if prior is None else prior[b, h, t].double()
+        if row_prior is not None and bool(torch.isfinite(row_prior).any()):
+            before = 0
+            for c in sorted(seen, key=lambda c: -float(row_prior[c])):
+                if before < room and row_prior[c] > -torch.inf:
+                    rank[c] += 1e6
+                    before += int(cost[c])
+            cover += room
+        before = 0
+        for c in seen:
+            out[b, h, t, c] = float(torch.log(torch.clamp(mass[c], min=tiny))) - 1e4
+        for c in sorted(seen, key=lambda c: -rank[c]):
+            if before >= cover:
+                break
+            before += int(cost[c])
+            keys = k[b, h, int(start[c]) : int(start[c]) + int(cost[c])].double()
+            best = (scale * q @ keys.T - lse[:, None]).max()
+            if row_prior is not None:
+                best = torch.maximum(best, row_prior[c])
+            out[b, h, t, c] = best
+    return out
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+@pytest.mark.parametrize("dim", [16, 32])
+@pytest.mark.parametrize("group", [1, 4])
+def test_peak_scores_in_three_launches_match_both_definitions(group, dim, with_prior):
+    """The Triton form (stage 1's masses, the candidates chosen by bisection, the final scores
+    written by stage 2) against the tensor operations and a float64 loop: odd lengths, a short
+    last query block, empty padding chunks, prior rows among rows without one."""
+    gen = torch.Generator().manual_seed(100 * group + dim + with_prior)
+    batch, kv_heads, length, block = 2, 2, 301, 16
+    k, lo, hi, means = chunked_keys(gen, batch, kv_heads, length, dim, [37, 29])
+    q = torch.randn(batch, kv_heads * group, length, dim, generator=gen)
+    regions = block_regions(Geometry(1, 1, length, length, block), 4, 8, torch.device("cpu"))
+    head_q = head_block_means(q, kv_heads, block)
+    rows = head_q.shape[3]
+    prior = None
+    if with_prior:  # on the last row of batch 0 and on two rows of batch 1 (one head each)
+        prior = torch.full((batch, kv_heads, rows, lo.shape[1]), -torch.inf)
+        prior[0, :, -1] = torch.randn(kv_heads, lo.shape[1], generator=gen) - 6.0
+        prior[1, 0, 3:5] = torch.randn(2, lo.shape[1], generator=gen) - 6.0
+        prior[1, 0, 3, ::2] = -torch.inf
+    bounds = (regions.lowest, regions.block_end, regions.candidate_start, regions.candidate_end)
+    room = 24
+    lengths = hi - lo
+    shortest = int(lengths[lengths > 0].min())
+    kwargs = dict(scale=0.3, room=room, shortest=shortest, longest=int(lengths.max()))
+    kwargs.update(prior=prior, exact_prior=True)
+    want = peak_scores(head_q, k, means, lo, hi, *bounds, **kwargs, use_triton=False)
+    on = [t.to(DEVICE) for t in (head_q, k, means, lo, hi, *bounds)]
+    if prior is not None:
+        kwargs["prior"] = prior.to(DEVICE)
+    got = peak_scores(*on, **kwargs, use_triton=True).cpu()
+    exact = float64_peak_scores(
+        head_q, k, means, lo, hi, regions, scale=0.3, room=room, prior=prior, factor=3
+    )
+    taken = (exact > -1e3) & torch.isfinite(exact)
+    assert taken.any() and (torch.isfinite(exact) & ~taken).any()
+    assert torch.equal(torch.isfinite(got), torch.isfinite(exact))
+    assert torch.equal(got > -1e3, taken)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got.double(), exact, atol=1e-4, rtol=1e-5)
