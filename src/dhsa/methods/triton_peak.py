@@ -363,13 +363,14 @@ def _top_cover(key, size, cover):
         high = tl.full([], 2**31 - 1, dtype=tl.int64)
         for _ in range(32):
             mid = low + (high - low + 1) // 2
-            above = tl.sum(tl.where(key >= mid, size, 0), axis=0)
+            above = tl.sum(tl.where(key >= mid.to(tl.int32), size, 0), axis=0)
             low = tl.where(above >= cover, mid, low)
             high = tl.where(above >= cover, high, mid - 1)
-        strict = tl.sum(tl.where(key > low, size, 0), axis=0)
-        tied = tl.where(key == low, size, 0)
+        cut = low.to(tl.int32)
+        strict = tl.sum(tl.where(key > cut, size, 0), axis=0)
+        tied = tl.where(key == cut, size, 0)
         before = tl.cumsum(tied, axis=0) - tied
-        taken = (key > low) | ((key == low) & (strict + before < cover))
+        taken = (key > cut) | ((key == cut) & (strict + before < cover))
     else:
         taken = key == key
     return taken & (size > 0)
@@ -407,7 +408,7 @@ def _choose_kernel(
     chunk_hi = tl.load(hi_ptr + b * num_chunks + c, mask=ok, other=0)
     start = tl.maximum(chunk_lo, tl.load(cand_start_ptr + t))
     size = tl.maximum(tl.minimum(chunk_hi, tl.load(cand_end_ptr + t)) - start, 0)
-    size = tl.where(ok, size, 0)
+    size = tl.where(ok, size, 0).to(tl.int32)  # half the registers of int64 in the bisection
     seen = size > 0
     cover = COVER_FACTOR * room
     rank = mass
