@@ -289,3 +289,19 @@ def test_select_with_the_three_launches_keeps_what_tensor_operations_keep(monkey
     assert torch.equal(got, want)
     if budget >= length:
         assert torch.equal(want, torch.ones_like(want).tril(length - want.shape[-2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("group", "dim", "probes"), [(1, 16, 5), (4, 32, 16), (4, 16, 23)])
+def test_probe_token_scores_in_two_launches_match_float64(rng, dtype, group, dim, probes):
+    """Every key's best log mass under the probe's exact causal attention, the lse combined over
+    several key ranges (``split``), against the tensor operations in float64."""
+    from dhsa.methods import triton_peak
+    from dhsa.methods.scoring import probe_token_scores
+
+    batch, kv_heads, length = 2, 2, 333
+    q = torch.randn(batch, kv_heads * group, probes, dim, generator=rng).to(dtype)
+    k = torch.randn(batch, kv_heads, length, dim, generator=rng).to(dtype)
+    want = probe_token_scores(q.double(), k.double(), scale=0.3, use_triton=False)
+    got = triton_peak.probe_token_scores(q.to(DEVICE), k.to(DEVICE), scale=0.3, split=128)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-5)

@@ -279,12 +279,27 @@ def chunk_peaks(
     return out.scatter_reduce(-1, which, fine, reduce="amax")
 
 
-def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, head_tile: int = 4) -> Tensor:
+def probe_token_scores(
+    q_probe: Tensor,
+    k: Tensor,
+    *,
+    scale: float,
+    head_tile: int = 4,
+    use_triton: bool | None = None,
+) -> Tensor:
     """Float32 ``[B, Hkv, L]``: each key's largest per-token log attention mass under the exact
     attention of the probe queries ``q_probe [B, Hq, P, D]``, the last ``P`` queries up to key
     ``L - 1`` of ``k [B, Hkv, L, D]`` (causal), maximized over the probe queries and the group's
-    heads. One ``[B, head_tile, G, P, L]`` block of logits exists at a time: ``O(P * L)`` work.
+    heads: ``O(P * L)`` work. The tensor operations hold one ``[B, head_tile, G, P, L]`` block
+    of float32 logits at a time; ``use_triton`` (None: where :func:`triton_peak_usable`) runs
+    two launches instead (:func:`dhsa.methods.triton_peak.probe_token_scores`), no logits kept.
     """
+    if use_triton is None:
+        use_triton = triton_peak_usable(k.device, k.shape[-1])
+    if use_triton:
+        from . import triton_peak
+
+        return triton_peak.probe_token_scores(q_probe, k, scale=scale)
     batch, q_heads, probes, dim = q_probe.shape
     kv_heads, length = k.shape[1], k.shape[2]
     group = q_heads // kv_heads

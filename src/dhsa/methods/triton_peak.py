@@ -514,3 +514,168 @@ def peak_scores(
     queries = head_q.to(k.dtype)
     _launch_peaks(queries, lse, k, offset, ends, ids, scores, width=width, scale=scale)
     return scores
+
+
+@triton.jit(do_not_specialize=["length", "probes", "split"])
+def _probe_lse_kernel(
+    q_ptr,
+    k_ptr,
+    part_ptr,
+    length,
+    probes,
+    split,
+    scale,
+    stride_qb,
+    stride_qm,
+    stride_kb,
+    stride_kl,
+    GROUP: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    part = tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)  # b * Hkv + h
+    m = block * BLOCK_M + tl.arange(0, BLOCK_M)  # (head of the group, probe query)
+    live = m < GROUP * probes
+    at = length - probes + m % probes  # the query's position: it sees keys up to it
+    d = tl.arange(0, DIM)
+    q = tl.load(
+        q_ptr + head * stride_qb + m[:, None] * stride_qm + d[None, :], mask=live[:, None], other=0
+    )
+    top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_M], tl.float32)
+    for l0 in range(part * split, tl.minimum(part * split + split, length), BLOCK_N):
+        n = l0 + tl.arange(0, BLOCK_N)
+        keys = tl.load(
+            k_ptr + head * stride_kb + n[:, None].to(tl.int64) * stride_kl + d[None, :],
+            mask=n[:, None] < length,
+            other=0,
+        )
+        s = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale
+        s = tl.where((n[None, :] <= at[:, None]) & live[:, None], s, float("-inf"))
+        new_top = tl.maximum(top, tl.max(s, axis=1))
+        safe = tl.where(new_top > float("-inf"), new_top, 0.0)
+        total = total * tl.exp(top - safe) + tl.sum(tl.exp(s - safe[:, None]), axis=1)
+        top = new_top
+    out = part_ptr + (head * tl.num_programs(1) + part) * 2 * GROUP * probes
+    tl.store(out + m, top, mask=live)
+    tl.store(out + GROUP * probes + m, total, mask=live)
+
+
+@triton.jit(do_not_specialize=["length", "probes"])
+def _probe_best_kernel(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    out_ptr,
+    length,
+    probes,
+    scale,
+    stride_qb,
+    stride_qm,
+    stride_kb,
+    stride_kl,
+    GROUP: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)  # b * Hkv + h
+    n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, DIM)
+    keys = tl.load(
+        k_ptr + head * stride_kb + n[:, None].to(tl.int64) * stride_kl + d[None, :],
+        mask=n[:, None] < length,
+        other=0,
+    )
+    best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    for m0 in range(0, GROUP * probes, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        live = m < GROUP * probes
+        q = tl.load(
+            q_ptr + head * stride_qb + m[:, None] * stride_qm + d[None, :],
+            mask=live[:, None],
+            other=0,
+        )
+        lse = tl.load(lse_ptr + head * GROUP * probes + m, mask=live, other=float("inf"))
+        at = length - probes + m % probes
+        s = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale - lse[:, None]
+        s = tl.where((n[None, :] <= at[:, None]) & live[:, None], s, float("-inf"))
+        best = tl.maximum(best, tl.max(s, axis=0))
+    tl.store(out_ptr + head * length + n, best, mask=n < length)
+
+
+def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, split: int = 4096) -> Tensor:
+    """:func:`dhsa.methods.scoring.probe_token_scores` in two launches: float32 ``[B, Hkv, L]``,
+    each key's ``max`` over the probe queries and the group's heads of its log attention mass
+    ``scale * q . k - lse`` (causal: probe ``p`` of ``P`` is the query at key ``L - P + p``).
+
+    ``q_probe [B, Hq, P, D]``, ``k [B, Hkv, L, D]`` of one dtype. The first launch gives each
+    query's ``lse`` over ranges of ``split`` keys (combined here), the second each key's best
+    mass. Half-
+    precision inputs multiply exactly on the tensor cores (float32 sums); float32 inputs take
+    three TF32 products on CUDA and the exact product elsewhere.
+    """
+    batch, q_heads, probes, dim = q_probe.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"the Triton probe kernel needs a power-of-two head size >= 16, got {dim}")
+    best = torch.empty(batch, kv_heads, length, dtype=torch.float32, device=k.device)
+    if best.numel() == 0 or probes == 0:
+        return best.fill_(-torch.inf)
+    # [B * Hkv, G * P, D]: row g * P + p is head g's probe p (a view of q_probe).
+    queries = q_probe.reshape(batch * kv_heads, group * probes, dim)
+    if queries.stride(-1) != 1 or queries.dtype != k.dtype:
+        queries = queries.to(k.dtype).contiguous()
+    keys = k.flatten(0, 1)
+    if keys.stride(-1) != 1:
+        keys = keys.contiguous()
+    rows = group * probes
+    block_m, block_n = 64, 64
+    split = triton.cdiv(split, block_n) * block_n
+    parts = triton.cdiv(length, split)
+    precision = "ieee" if not k.is_cuda else ("tf32x3" if k.dtype == torch.float32 else "tf32")
+    strides = (queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1))
+    part = torch.empty(batch * kv_heads, parts, 2, rows, device=k.device)
+    _probe_lse_kernel[(triton.cdiv(rows, block_m), parts, batch * kv_heads)](
+        queries,
+        keys,
+        part,
+        length,
+        probes,
+        split,
+        float(scale),
+        *strides,
+        GROUP=group,
+        DIM=dim,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PRECISION=precision,
+        num_warps=4,
+    )
+    top, total = part[:, :, 0], part[:, :, 1]
+    peak = top.amax(dim=1, keepdim=True)
+    lse = peak[:, 0] + (total * (top - peak).exp()).sum(dim=1).log()  # [B * Hkv, G * P]
+    _probe_best_kernel[(triton.cdiv(length, block_n), batch * kv_heads)](
+        queries,
+        keys,
+        lse.contiguous(),
+        best,
+        length,
+        probes,
+        float(scale),
+        *strides,
+        GROUP=group,
+        DIM=dim,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PRECISION=precision,
+        num_warps=4,
+    )
+    return best
