@@ -305,3 +305,29 @@ def test_probe_token_scores_in_two_launches_match_float64(rng, dtype, group, dim
     want = probe_token_scores(q.double(), k.double(), scale=0.3, use_triton=False)
     got = triton_peak.probe_token_scores(q.to(DEVICE), k.to(DEVICE), scale=0.3, split=128)
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [16, 24])
+def test_chunk_sums_in_one_launch_match_float64(rng, dtype, dim):
+    """Chunk means of keys read in place (a sliced cache), chunks longer than one block of keys,
+    empty padding chunks, against float64 sums."""
+    from dhsa.methods.scoring import chunk_representations
+
+    batch, kv_heads, length = 2, 3, 203
+    cache = torch.randn(batch, kv_heads, length + 9, dim, generator=rng).to(dtype)
+    k = cache[:, :, :length]
+    cuts = torch.sort(torch.randint(0, length + 1, (batch, 15), generator=rng)).values
+    bounds = torch.cat([torch.zeros(batch, 1, dtype=torch.int64), cuts], dim=1)
+    bounds[:, -1] = length
+    bounds[1, 7] = bounds[1, 8] = bounds[1, 6]  # empty chunks
+    bounds[0, 2] = bounds[0, 1] + 70  # a chunk of more than one block of keys
+    bounds[0] = torch.cummax(bounds[0], dim=0).values.clamp(max=length)
+    want = torch.zeros(batch, kv_heads, bounds.shape[1] - 1, dim, dtype=torch.float64)
+    for b in range(batch):
+        for c in range(bounds.shape[1] - 1):
+            lo, hi = int(bounds[b, c]), int(bounds[b, c + 1])
+            if hi > lo:
+                want[b, :, c] = k[b, :, lo:hi].double().mean(1)
+    got = chunk_representations(k.to(DEVICE), bounds.to(DEVICE), "mean", use_triton=True)
+    torch.testing.assert_close(got.cpu().double(), want, atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ Query blocks use the same rule over the block's tokens, with the query heads of 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import torch
 from torch import Tensor
@@ -30,12 +31,23 @@ def normalize(sums: Tensor, counts: Tensor, norm: str) -> Tensor:
     raise ValueError(f"unknown normalization {norm!r}: allowed {NORMS}")
 
 
-def chunk_representations(k: Tensor, bounds: Tensor, norm: str, token_tile: int = 1 << 14):
+def chunk_representations(
+    k: Tensor, bounds: Tensor, norm: str, token_tile: int = 1 << 14, use_triton: bool | None = None
+):
     """Float32 ``[B, Hkv, N, D]`` chunk keys for ``k [B, Hkv, L, D]`` and ``bounds [B, N + 1]``.
 
-    Padding chunks (zero length) get zero vectors. Keys are summed in float32, ``token_tile``
-    positions at a time, so no float32 copy of all of ``k`` is made.
+    Padding chunks (zero length) get zero vectors. Keys are summed in float32: by tensor
+    operations ``token_tile`` positions at a time, so no float32 copy of all of ``k`` is made, or
+    with ``use_triton`` (None: on CUDA with triton importable) in one launch
+    (:func:`dhsa.methods.triton_chunk_sums.chunk_sums`).
     """
+    if use_triton is None:
+        use_triton = k.device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    counts = (bounds[:, 1:] - bounds[:, :-1])[:, None, :, None]
+    if use_triton:
+        from .triton_chunk_sums import chunk_sums
+
+        return normalize(chunk_sums(k, bounds), counts, norm)
     batch, kv_heads, length, dim = k.shape
     num_chunks = bounds.shape[1] - 1
     ids = chunk_ids(bounds, length)
@@ -44,7 +56,6 @@ def chunk_representations(k: Tensor, bounds: Tensor, norm: str, token_tile: int 
         for t0 in range(0, length, token_tile):
             t1 = min(t0 + token_tile, length)
             sums[b].index_add_(1, ids[b, t0:t1], k[b, :, t0:t1].float())
-    counts = (bounds[:, 1:] - bounds[:, :-1])[:, None, :, None]
     return normalize(sums, counts, norm)
 
 
