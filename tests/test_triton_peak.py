@@ -331,3 +331,32 @@ def test_chunk_sums_in_one_launch_match_float64(rng, dtype, dim):
                 want[b, :, c] = k[b, :, lo:hi].double().mean(1)
     got = chunk_representations(k.to(DEVICE), bounds.to(DEVICE), "mean", use_triton=True)
     torch.testing.assert_close(got.cpu().double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_the_fill_over_the_rescored_chunks_equals_the_fill_over_every_chunk(
+    monkeypatch, use_triton
+):
+    """``dhsa.select`` fills each block from the chunks stage 2 rescored: the same keys as a
+    fill over all of the block's chunks."""
+    import dhsa
+    from dhsa.methods import chunked, scoring
+
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 8, 333, 16, generator=gen)
+    k = torch.randn(1, 2, 333, 16, generator=gen)
+    config = dhsa.DHSAConfig(
+        budget=96, sink=8, local=16, query_block=16, min_chunk=4, max_chunk=32, min_length=0
+    )
+    if use_triton and DEVICE.type == "cpu":  # the Triton form on CPU tensors
+        monkeypatch.setattr(scoring, "triton_peak_usable", lambda device, dim: True)
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    listed = dhsa.select(q, k, config).to_dense_mask()
+    tiles = chunked.peak_tiles
+
+    def every_chunk(*args, **kwargs):
+        made = tiles(*args, **kwargs)
+        return lambda: ((q0, q1, scores) for q0, q1, scores, _ in made())
+
+    monkeypatch.setattr(chunked, "peak_tiles", every_chunk)
+    assert torch.equal(dhsa.select(q, k, config).to_dense_mask(), listed)

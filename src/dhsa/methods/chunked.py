@@ -71,8 +71,10 @@ def peak_tiles(
 ):
     """The ``peak`` scores (:func:`peak_scores`) of the chunks ``bounds`` of ``k`` for the query
     blocks of ``q``, as a function whose call yields them a tile of query blocks at a time,
-    ``(q0, q1, scores)``; the tiles' size follows ``config.backend.peak_tile``. ``head_q``: the
-    :func:`head_block_means` of ``q`` when already computed."""
+    ``(q0, q1, scores, listed)`` (``listed``: the chunks stage 2 rescored, which hold every chunk
+    a fill takes; see :func:`dhsa.methods.greedy.greedy_layout`); the tiles' size follows
+    ``config.backend.peak_tile``. ``head_q``: the :func:`head_block_means` of ``q`` when already
+    computed."""
     kv_heads, dim = k.shape[1], k.shape[3]
     if head_q is None:
         head_q = head_block_means(q, kv_heads, config.query_block)
@@ -102,7 +104,7 @@ def peak_tiles(
             yield (
                 q0,
                 q1,
-                peak_scores(
+                *peak_scores(
                     head_q[:, :, :, q0:q1],
                     k,
                     chunk_means,
@@ -118,6 +120,7 @@ def peak_tiles(
                     longest=longest,
                     prior=None if probe is None or q1 < num_blocks else _last_row(probe, q1 - q0),
                     exact_prior=True,
+                    candidates=True,
                 ),
             )
 

@@ -124,8 +124,11 @@ def peak_scores(
     prior: Tensor | None = None,
     exact_prior: bool = False,
     use_triton: bool | None = None,
-) -> Tensor:
-    """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
+    candidates: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule; with
+    ``candidates`` also the chunks stage 2 rescored, int32 ``[B, Hkv, T, K]`` in position order
+    (``-1`` after them): every other chunk scores below them.
 
     ``head_q [B, Hkv, G, T, D]`` holds each query head's (mean) query of each row; ``k [B, Hkv,
     L, D]`` the keys; ``chunk_means [B, Hkv, N, D]`` (float32) the mean key of every chunk, whose
@@ -169,7 +172,7 @@ def peak_scores(
     if use_triton and rows >= STAGE1_KERNEL_ROWS:  # three launches, no [T, N] tensor passes
         from . import triton_peak
 
-        return triton_peak.peak_scores(
+        scores, listed = triton_peak.peak_scores(
             head_q,
             k,
             chunk_means,
@@ -187,6 +190,7 @@ def peak_scores(
             prior=prior,
             exact_prior=exact_prior,
         )
+        return (scores, listed) if candidates else scores
     lo = chunk_lo[:, None, None, :]
     hi = chunk_hi[:, None, None, :]
     lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
@@ -228,7 +232,11 @@ def peak_scores(
         peak = torch.maximum(peak, prior.gather(-1, order))
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
     low = low.masked_fill(unseen, -torch.inf)
-    return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+    scores = low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+    if not candidates:
+        return scores
+    listed = torch.where(chosen, order, num_chunks).sort(dim=-1).values
+    return scores, torch.where(listed < num_chunks, listed, -1).int()
 
 
 def triton_peak_usable(device: torch.device, dim: int) -> bool:

@@ -440,7 +440,7 @@ def _choose_kernel(
     spare = (c >= count) & (c < listed)
     tl.store(offset_ptr + out + c, 0, mask=spare)
     tl.store(ends_ptr + out + c, tl.sum(size, axis=0), mask=spare)
-    tl.store(ids_ptr + out + c, 0, mask=spare)
+    tl.store(ids_ptr + out + c, -1, mask=spare)
 
 
 def peak_scores(
@@ -461,9 +461,10 @@ def peak_scores(
     width: int,
     prior: Tensor | None = None,
     exact_prior: bool = False,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """The scores of :func:`dhsa.methods.scoring.peak_scores` (same arguments; ``cover_factor``
-    its ``CANDIDATE_FACTOR``) in three launches, float32 ``[B, Hkv, T, N]``:
+    its ``CANDIDATE_FACTOR``) in three launches, float32 ``[B, Hkv, T, N]``, and the chunks
+    stage 2 rescored, int32 ``[B, Hkv, T, listed]`` in position order (``-1`` after them):
 
     1. :func:`chunk_mass` writes stage 1's masses into the scores tensor;
     2. one program per row takes the candidates (the prior's lead chunks, then stage 1's best,
@@ -488,7 +489,7 @@ def peak_scores(
     ends = torch.empty_like(offset)
     ids = torch.empty(shape, dtype=torch.int32, device=k.device)
     if scores.numel() == 0 or listed == 0:
-        return scores.fill_(-torch.inf)
+        return scores.fill_(-torch.inf), ids.fill_(-1)
     block_n = max(16, triton.next_power_of_2(num_chunks))
     _choose_kernel[(batch * kv_heads * rows,)](
         scores,
@@ -513,7 +514,7 @@ def peak_scores(
     )
     queries = head_q.to(k.dtype)
     _launch_peaks(queries, lse, k, offset, ends, ids, scores, width=width, scale=scale)
-    return scores
+    return scores, ids
 
 
 @triton.jit(do_not_specialize=["length", "probes", "split"])
