@@ -1,13 +1,20 @@
-"""Stage 2 of the ``peak`` scoring as one Triton launch: each candidate chunk's best key.
+"""The ``peak`` scoring (:func:`dhsa.methods.scoring.peak_scores`) in Triton launches.
 
-A row ``(b, h, t)`` lists its candidate chunks in rank order, their keys laid end to end in the
-row's slots ``[0, ends[-1])``: chunk ``j`` takes slots ``[ends[j] - size[j], ends[j])``, and
-slot ``w`` of chunk ``j`` is key ``offset[j] + w`` (``offset = start - (ends - size)``). One
-program takes ``BLOCK_W`` slots of one row: it finds each slot's chunk by binary search in
-``ends``, loads the keys straight from ``k``, multiplies them with the group's queries on the
-tensor cores, and folds ``max_g (scale * q_g . k - lse_g)`` into its chunk's score with an
-atomic maximum. Only the candidate lists and the scores cross memory: no copy of the keys, no
-per-slot tensor.
+- :func:`chunk_mass` (stage 1): a tile of rows against the chunk means, the logits kept in
+  registers; writes each row's lse and the group's summed per-token mass of every chunk.
+- :func:`peak_scores`: stage 1, then one program per row that takes the candidates by bisection
+  over the masses' order (as the fill takes chunks, :mod:`dhsa.fill.triton_fill`), lists them
+  and writes the row's final scores in place, then stage 2 raising the listed chunks to their
+  best key: three launches, no ``[T, N]`` pass outside them.
+- :func:`chunk_peaks` (stage 2): a row lists its chunks with their keys laid end to end in the
+  row's slots ``[0, ends[-1])``: chunk ``j`` takes slots ``[ends[j] - size[j], ends[j])``, and
+  slot ``w`` of chunk ``j`` is key ``offset[j] + w`` (``offset = start - (ends - size)``). One
+  program takes ``BLOCK_W`` slots of one row: it finds each slot's chunk by binary search in
+  ``ends``, loads the keys straight from ``k``, multiplies them with the group's queries on the
+  tensor cores, and folds ``max_g (scale * q_g . k - lse_g)`` into its chunk's score with an
+  atomic maximum. Only the lists and the scores cross memory: no copy of the keys, no per-slot
+  tensor.
+- :func:`probe_token_scores`: the prompt-end probe's exact attention in two launches.
 """
 
 from __future__ import annotations
