@@ -267,11 +267,13 @@ def test_peak_scores_in_three_launches_match_both_definitions(group, dim, with_p
     torch.testing.assert_close(got.double(), exact, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("budget", [96, 400])
-def test_select_with_the_three_launches_keeps_what_tensor_operations_keep(monkeypatch, budget):
+@pytest.mark.parametrize(("budget", "window"), [(96, None), (96, 150), (400, None)])
+def test_select_with_the_three_launches_keeps_what_tensor_operations_keep(
+    monkeypatch, budget, window
+):
     """``dhsa.select`` (probe on the last block included) keeps the same keys whether the peak
-    scores come from the Triton form or the tensor operations; a budget covering every key
-    keeps every causal key."""
+    scores come from the Triton form or the tensor operations, also on a sliding-window layer;
+    a budget covering every key keeps every causal key."""
     import dhsa
     from dhsa.methods import scoring
 
@@ -282,10 +284,11 @@ def test_select_with_the_three_launches_keeps_what_tensor_operations_keep(monkey
     config = dhsa.DHSAConfig(
         budget=budget, sink=8, local=16, query_block=16, min_chunk=4, max_chunk=32, min_length=0
     )
-    want = dhsa.select(q, k, config).to_dense_mask()
+    want = dhsa.select(q, k, config, sliding_window=window).to_dense_mask()
     if DEVICE.type == "cpu":  # the Triton form on CPU tensors, under the interpreter
         monkeypatch.setattr(scoring, "triton_peak_usable", lambda device, dim: True)
-    got = dhsa.select(q.to(DEVICE), k.to(DEVICE), config).to_dense_mask().cpu()
+    got = dhsa.select(q.to(DEVICE), k.to(DEVICE), config, sliding_window=window)
+    got = got.to_dense_mask().cpu()
     assert torch.equal(got, want)
     if budget >= length:
         assert torch.equal(want, torch.ones_like(want).tril(length - want.shape[-2]))
