@@ -18,7 +18,12 @@ from dhsa.layout import Geometry  # noqa: E402
 from dhsa.methods.regions import block_regions  # noqa: E402
 from dhsa.methods.scoring import chunk_peaks, head_block_means, peak_scores  # noqa: E402
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from dhsa.fill.triton_fill import order_key  # noqa: E402
+from dhsa.methods.triton_peak import _top_cover  # noqa: E402
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -363,3 +368,27 @@ def test_the_fill_over_the_rescored_chunks_equals_the_fill_over_every_chunk(
 
     monkeypatch.setattr(chunked, "peak_tiles", every_chunk)
     assert torch.equal(dhsa.select(q, k, config).to_dense_mask(), listed)
+
+
+@triton.jit
+def _cut_kernel(score_ptr, size_ptr, out_ptr, cover, n, BLOCK: tl.constexpr):
+    c = tl.arange(0, BLOCK)
+    score = tl.load(score_ptr + c, mask=c < n, other=float("-inf"))
+    size = tl.load(size_ptr + c, mask=c < n, other=0)
+    tl.store(out_ptr + c, _top_cover(order_key(score), size, cover).to(tl.int32), mask=c < n)
+
+
+@pytest.mark.parametrize("cover", [0, 1, 17, 60, 1000])
+def test_the_candidate_cut_takes_ties_in_position_order(rng, cover):
+    """The in-kernel cover (``_top_cover``) on scores with many ties, sizes with zeros: chunks
+    by descending score, ties in position order, while those before hold less than ``cover``."""
+    n = 45
+    score = torch.tensor([-1.0, 0.0, 0.5, 2.0, -0.0])[torch.randint(0, 5, (n,), generator=rng)]
+    size = torch.randint(0, 6, (n,), generator=rng, dtype=torch.int32)
+    out = torch.zeros(n, dtype=torch.int32, device=DEVICE)
+    _cut_kernel[(1,)](score.to(DEVICE), size.to(DEVICE), out, cover, n, BLOCK=64)
+    want, before = torch.zeros(n, dtype=torch.int32), 0
+    for c in sorted(range(n), key=lambda c: (-float(score[c]), c)):
+        if size[c] > 0 and before < cover:
+            want[c], before = 1, before + int(size[c])
+    assert torch.equal(out.cpu(), want)
