@@ -432,6 +432,7 @@ def _choose_kernel(
         final = tl.where(taken, prior, final)  # stage 2 raises it to the best key
     else:
         final = tl.where(taken, float("-inf"), final)
+    tl.debug_barrier()  # every thread has read the row's masses before any overwrites them
     tl.store(scores_ptr + row + c, final, mask=ok)
     # The taken chunks in position order, their candidate keys laid end to end; the list's
     # unused entries end where the last taken chunk does.
