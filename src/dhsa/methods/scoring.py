@@ -91,8 +91,9 @@ def _head_block_sums(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor
 CANDIDATE_FACTOR = 3
 
 
-# Stage 1's kernel gives each program a tile of rows and walks the chunks in sequence: worth it
-# for a prefill's many rows, while a decode step's single row runs faster as tensor operations.
+# The Triton form's stage 1 gives each program a tile of rows and walks the chunks in sequence:
+# worth it for a prefill's many rows, while a decode step's single row runs faster as tensor
+# operations (stage 2 still the kernel).
 STAGE1_KERNEL_ROWS = 16
 
 
