@@ -267,3 +267,32 @@ def test_decode_regions_are_the_prefill_regions_of_one_query():
             for name in ("sink_start", "sink_end", "window_start", "block_end", "candidate_start"):
                 assert [int(getattr(tensors, name)[0])] == [getattr(ints, name)], name
             assert int(tensors.fill_regions(50).remaining[0]) == ints.fill_regions(50).remaining
+
+
+@pytest.mark.parametrize("use_triton", WAYS)
+@pytest.mark.parametrize("seed", range(3))
+def test_a_list_of_each_rows_best_chunks_fills_as_the_whole_row(seed, use_triton):
+    """Per-row bounds ``[B, Hkv, T, K]``: each row's best chunks holding its room (in position
+    order, ``-1`` padded, gathered with their scores) give the spans of the whole row's fill."""
+    from dhsa.methods.greedy import listed_chunks
+
+    gen = torch.Generator().manual_seed(seed)
+    batch, kv_heads, length, num_chunks = 2, 2, 301, 37
+    regions = regions_of(length, length, 16, 8, 16, None, 96)
+    tiles = regions.remaining.numel()
+    lo, hi = random_chunks(gen, batch, length, num_chunks, empty=0.1)
+    scores = torch.randn(batch, kv_heads, tiles, num_chunks, generator=gen)
+    width = num_chunks + 2
+    want = run(scores, lo, hi, regions, width, use_triton)
+    # Each row's chunks by score, kept while the better ones hold less than its room + 10 keys.
+    start = torch.maximum(lo[:, None, None, :], regions.candidate_start[:, None])
+    size = (torch.minimum(hi[:, None, None, :], regions.candidate_end[:, None]) - start).clamp(0)
+    order = scores.argsort(dim=-1, descending=True)
+    ranked = size.expand_as(scores).gather(-1, order)
+    keep = (ranked.cumsum(-1) - ranked) < regions.remaining[:, None] + 10
+    listed = torch.where(keep, order, num_chunks).sort(dim=-1).values
+    listed = torch.where(listed < num_chunks, listed, -1).int()
+    assert (listed < 0).any() and (listed >= 0).any()
+    got = run(*listed_chunks(scores, lo, hi, listed), regions, width, use_triton)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert got[2].tolist() == [0, 0]

@@ -7,8 +7,8 @@ Prints one JSON line per length and scoring: ``dhsa.select`` time, the whole
 ``dhsa.sparse_attention`` time and the best dense SDPA time, medians of
 ``triton.testing.do_bench``, all measured in the same process. For ``peak`` the row also holds its
 stages, each timed alone: the chunk boundaries, the chunk means, the peak scores of every tile
-(both stages and the probe), and the rest of ``dhsa.select`` (the fill and the layout) as the
-difference. ``--profile`` adds, per length and scoring, the CUDA operations of one
+(both stages and the probe), the probe alone, and the rest of ``dhsa.select`` (the fill and the
+layout) as the difference. ``--profile`` adds, per length and scoring, the CUDA operations of one
 ``dhsa.select`` by their total device time (torch profiler).
 """
 
@@ -23,7 +23,7 @@ from dhsa.chunking import compute_boundaries
 from dhsa.layout import Geometry
 from dhsa.methods.chunked import peak_tiles
 from dhsa.methods.regions import block_regions
-from dhsa.methods.scoring import chunk_representations
+from dhsa.methods.scoring import chunk_representations, probe_chunk_scores
 
 
 def peak_stages(config, q, k) -> dict:
@@ -42,10 +42,12 @@ def peak_stages(config, q, k) -> dict:
     def bench(f):
         return round(do_bench(f, rep=200, return_mode="median"), 2)
 
+    last = (regions.block_end.numel() - 1) * config.query_block
     return {
         "boundaries_ms": bench(lambda: compute_boundaries(k, config)),
         "chunk_means_ms": bench(lambda: chunk_representations(k, bounds, "mean")),
         "peak_scores_ms": bench(scores),
+        "probe_ms": bench(lambda: probe_chunk_scores(q[:, :, last:], k, bounds, scale=scale)),
     }
 
 

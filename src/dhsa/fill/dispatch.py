@@ -44,7 +44,9 @@ def greedy_fill(
         scores: float32 ``[B, Hkv, T, N]``: chunk ``c``'s score for query block ``t`` of the tile
             (a decode step is ``T = 1``). How scores are computed is the caller's business.
         lo, hi: int64 ``[B, N]``, last dim contiguous: chunk ``c`` holds keys ``[lo, hi)``
-            (chunks may be empty or reach past every key: only their candidate part counts).
+            (chunks may be empty or reach past every key: only their candidate part counts);
+            or ``[B, Hkv, T, N]``: each row its own chunks (a row's list of candidates, in
+            position order, empty ones unused).
         regions: the tile's :class:`~dhsa.fill.regions.FillRegions` (``[T]`` tensors or ints).
         width: spans per row, at least 2 (sink and window); a row can take ``width - 2`` chunks.
             :func:`~dhsa.fill.regions.chunks_taken_bound` gives a width that always suffices.

@@ -34,6 +34,12 @@ def _per_block(field: Tensor | int, trailing: int) -> Tensor | int:
     return field if isinstance(field, int) else field.view(-1, *([1] * trailing))
 
 
+def _per_row(bound: Tensor) -> Tensor:
+    """Chunk bounds ``[B, N]`` (every row of a batch alike) or ``[B, Hkv, T, N]`` (per row) as a
+    tensor that broadcasts over ``[B, Hkv, T, N]``."""
+    return bound[:, None, None, :] if bound.dim() == 2 else bound
+
+
 def _column(field: Tensor | int, like: Tensor) -> Tensor:
     """A region field as a ``[B, Hkv, T, 1]`` column shaped and typed like ``like``."""
     if isinstance(field, int):
@@ -57,9 +63,9 @@ def fill_torch(
     width = starts.shape[-1]
     ranked = max(min(width - 2, num_chunks), 0)
     by_row = (batch, kv_heads, tiles, num_chunks)
-    chunk_lo = torch.clamp(lo[:, None, None, :], min=_per_block(regions.candidate_start, 1))
-    chunk_hi = torch.clamp(hi[:, None, None, :], max=_per_block(regions.candidate_end, 1))
-    size = (chunk_hi - chunk_lo).clamp_(min=0)  # [B, 1, T or 1, N]
+    chunk_lo = torch.clamp(_per_row(lo), min=_per_block(regions.candidate_start, 1))
+    chunk_hi = torch.clamp(_per_row(hi), max=_per_block(regions.candidate_end, 1))
+    size = (chunk_hi - chunk_lo).clamp_(min=0)  # [B, 1 or Hkv, T or 1, N]
     key = rank_keys(scores).masked_fill_(size == 0, _NO_CANDIDATE)
     order = torch.topk(key, ranked, dim=-1, sorted=True).indices
     size_ranked = size.expand(by_row).gather(-1, order)

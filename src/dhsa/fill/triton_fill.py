@@ -55,6 +55,7 @@ def order_key(score):
         "num_chunks",
         "stride_lo",
         "stride_hi",
+        "stride_row",
         "stride_ob",
         "stride_oh",
         "stride_ot",
@@ -80,6 +81,7 @@ def _fill_kernel(
     num_chunks,
     stride_lo,
     stride_hi,
+    stride_row,
     stride_ob,
     stride_oh,
     stride_ot,
@@ -114,8 +116,10 @@ def _fill_kernel(
     offs = tl.arange(0, BLOCK_N)
     ok = offs < num_chunks
     score = tl.load(scores + pid.to(tl.int64) * num_chunks + offs, mask=ok, other=float("-inf"))
-    chunk_lo = tl.load(lo + b * stride_lo + offs, mask=ok, other=0)
-    chunk_hi = tl.load(hi + b * stride_hi + offs, mask=ok, other=0)
+    # Per-row chunk bounds sit one row (stride_row) apart; shared ones repeat (stride_row 0).
+    own = (h * tiles + t) * stride_row
+    chunk_lo = tl.load(lo + b * stride_lo + own + offs, mask=ok, other=0)
+    chunk_hi = tl.load(hi + b * stride_hi + own + offs, mask=ok, other=0)
     end = tl.minimum(chunk_hi, last)
     size = tl.maximum(end - tl.maximum(chunk_lo, first), 0)
     if FLAGS:
@@ -183,14 +187,18 @@ def fill_triton(
             f"{MAX_RESIDENT_CHUNKS}: use the torch fill"
         )
     if (
-        lo.stride(1) != 1
-        or hi.stride(1) != 1
+        lo.stride(-1) != 1
+        or hi.stride(-1) != 1
         or starts.stride(3) != 1
         or ends.stride() != (starts.stride())
     ):
         raise ValueError(
             "the Triton fill needs lo, hi, starts and ends contiguous in their last dim"
         )
+    stride_row = 0
+    if lo.dim() == 4:  # per row: [B, Hkv, T, N], the rows of a batch one after another
+        lo, hi = lo.contiguous(), hi.contiguous()
+        stride_row = num_chunks
     # One compiled variant per power of two of the chunk count (the register width).
     block_n = max(16, triton.next_power_of_2(num_chunks))
     fields = regions.fields()
@@ -214,6 +222,7 @@ def fill_triton(
         num_chunks,
         lo.stride(0),
         hi.stride(0),
+        stride_row,
         starts.stride(0),
         starts.stride(1),
         starts.stride(2),

@@ -45,11 +45,15 @@ def chunk_select(
     """Score the chunks ``bounds`` of ``k`` against query blocks of ``q`` and fill the budget."""
     geometry = Geometry.of(q, k, config.query_block, sliding_window)
     regions = block_regions(geometry, config.sink, config.local, k.device)
-    q_rep = query_block_representations(q, k.shape[1], config.query_block, norm)
     k_rep = chunk_representations(k, bounds, norm)
     tiles = None
     if peak:
-        tiles = peak_tiles(q, k, bounds, regions, config, scale, k_rep)
+        # The fill reads the representations' shape and finiteness only: q is read once.
+        head_q = head_block_means(q, k.shape[1], config.query_block)
+        q_rep = head_q.mean(dim=2)
+        tiles = peak_tiles(q, k, bounds, regions, config, scale, k_rep, head_q=head_q)
+    else:
+        q_rep = query_block_representations(q, k.shape[1], config.query_block, norm)
     return greedy_layout(
         q_rep,
         k_rep,
@@ -62,12 +66,18 @@ def chunk_select(
     )
 
 
-def peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_means: Tensor):
+def peak_tiles(
+    q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_means: Tensor, head_q=None
+):
     """The ``peak`` scores (:func:`peak_scores`) of the chunks ``bounds`` of ``k`` for the query
     blocks of ``q``, as a function whose call yields them a tile of query blocks at a time,
-    ``(q0, q1, scores)``; the tiles' size follows ``config.backend.peak_tile``."""
+    ``(q0, q1, scores, listed)`` (``listed``: the chunks stage 2 rescored, which hold every chunk
+    a fill takes; see :func:`dhsa.methods.greedy.greedy_layout`); the tiles' size follows
+    ``config.backend.peak_tile``. ``head_q``: the :func:`head_block_means` of ``q`` when already
+    computed."""
     kv_heads, dim = k.shape[1], k.shape[3]
-    head_q = head_block_means(q, kv_heads, config.query_block)
+    if head_q is None:
+        head_q = head_block_means(q, kv_heads, config.query_block)
     lo, hi = bounds[:, :-1], bounds[:, 1:]
     lengths = hi - lo
     positive = torch.where(lengths > 0, lengths, lengths.max())
@@ -94,7 +104,7 @@ def peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_me
             yield (
                 q0,
                 q1,
-                peak_scores(
+                *peak_scores(
                     head_q[:, :, :, q0:q1],
                     k,
                     chunk_means,
@@ -110,6 +120,7 @@ def peak_tiles(q, k, bounds, regions, config: DHSAConfig, scale: float, chunk_me
                     longest=longest,
                     prior=None if probe is None or q1 < num_blocks else _last_row(probe, q1 - q0),
                     exact_prior=True,
+                    candidates=True,
                 ),
             )
 

@@ -51,7 +51,10 @@ def greedy_layout(
 
     ``score_tiles`` (a function returning an iterable of ``(q0, q1, scores [B, Hkv, q1 - q0,
     N])``) replaces the dot-product scores of ``q_rep`` and ``k_rep``, which then serve only the
-    finiteness check.
+    finiteness check. A tile may add ``listed`` (int32 ``[B, Hkv, q1 - q0, K]``, each row's
+    chunks in position order, ``-1`` after them) when every other chunk scores below them and
+    they hold at least the room of the row or all its candidates: the fill then ranks these
+    ``K`` chunks only, with the same result.
     """
     tiles = score_tiles or (lambda: _score_tiles(q_rep, k_rep, tile_elements))
     num_chunks = k_rep.shape[2]
@@ -102,11 +105,14 @@ def _fill(
     ends = torch.empty_like(starts)
     status = torch.zeros(2, dtype=torch.int32, device=q_rep.device)
     lo, hi = bounds[:, :-1], bounds[:, 1:]
-    for q0, q1, scores in tiles():
+    for q0, q1, scores, *listed in tiles():
+        chunk_lo, chunk_hi = lo, hi
+        if listed:
+            scores, chunk_lo, chunk_hi = listed_chunks(scores, lo, hi, listed[0])
         greedy_fill(
             scores,
-            lo,
-            hi,
+            chunk_lo,
+            chunk_hi,
             regions.tile(q0, q1),
             width=width,
             out=(starts[:, :, q0:q1], ends[:, :, q0:q1]),
@@ -114,6 +120,19 @@ def _fill(
             use_triton=use_triton,
         )
     return starts, ends, status
+
+
+def listed_chunks(scores: Tensor, lo: Tensor, hi: Tensor, listed: Tensor):
+    """The scores ``[B, Hkv, T, K]`` and per-row bounds ``lo, hi [B, Hkv, T, K]`` of the chunks
+    ``listed`` (int32 ``[B, Hkv, T, K]``, ``-1`` unused: no keys, score ``-inf``) out of
+    ``scores [B, Hkv, T, N]`` and ``lo, hi [B, N]``."""
+    used = listed >= 0
+    index = listed.clamp(min=0).long()
+    rows = (*index.shape[:3], lo.shape[1])
+    picked = torch.where(used, scores.gather(-1, index), -torch.inf)
+    bound_lo = torch.where(used, lo[:, None, None, :].expand(rows).gather(-1, index), 0)
+    bound_hi = torch.where(used, hi[:, None, None, :].expand(rows).gather(-1, index), 0)
+    return picked, bound_lo, bound_hi
 
 
 def max_chunks_taken(bounds: Tensor, remaining: int) -> int:

@@ -8,6 +8,7 @@ Query blocks use the same rule over the block's tokens, with the query heads of 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import torch
 from torch import Tensor
@@ -30,12 +31,23 @@ def normalize(sums: Tensor, counts: Tensor, norm: str) -> Tensor:
     raise ValueError(f"unknown normalization {norm!r}: allowed {NORMS}")
 
 
-def chunk_representations(k: Tensor, bounds: Tensor, norm: str, token_tile: int = 1 << 14):
+def chunk_representations(
+    k: Tensor, bounds: Tensor, norm: str, token_tile: int = 1 << 14, use_triton: bool | None = None
+):
     """Float32 ``[B, Hkv, N, D]`` chunk keys for ``k [B, Hkv, L, D]`` and ``bounds [B, N + 1]``.
 
-    Padding chunks (zero length) get zero vectors. Keys are summed in float32, ``token_tile``
-    positions at a time, so no float32 copy of all of ``k`` is made.
+    Padding chunks (zero length) get zero vectors. Keys are summed in float32: by tensor
+    operations ``token_tile`` positions at a time, so no float32 copy of all of ``k`` is made, or
+    with ``use_triton`` (None: on CUDA with triton importable) in one launch
+    (:func:`dhsa.methods.triton_chunk_sums.chunk_sums`).
     """
+    if use_triton is None:
+        use_triton = k.device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    counts = (bounds[:, 1:] - bounds[:, :-1])[:, None, :, None]
+    if use_triton:
+        from .triton_chunk_sums import chunk_sums
+
+        return normalize(chunk_sums(k, bounds), counts, norm)
     batch, kv_heads, length, dim = k.shape
     num_chunks = bounds.shape[1] - 1
     ids = chunk_ids(bounds, length)
@@ -44,7 +56,6 @@ def chunk_representations(k: Tensor, bounds: Tensor, norm: str, token_tile: int 
         for t0 in range(0, length, token_tile):
             t1 = min(t0 + token_tile, length)
             sums[b].index_add_(1, ids[b, t0:t1], k[b, :, t0:t1].float())
-    counts = (bounds[:, 1:] - bounds[:, :-1])[:, None, :, None]
     return normalize(sums, counts, norm)
 
 
@@ -80,8 +91,9 @@ def _head_block_sums(q: Tensor, kv_heads: int, query_block: int) -> tuple[Tensor
 CANDIDATE_FACTOR = 3
 
 
-# Stage 1's kernel gives each program a tile of rows and walks the chunks in sequence: worth it
-# for a prefill's many rows, while a decode step's single row runs faster as tensor operations.
+# The Triton form's stage 1 gives each program a tile of rows and walks the chunks in sequence:
+# worth it for a prefill's many rows, while a decode step's single row runs faster as tensor
+# operations (stage 2 still the kernel).
 STAGE1_KERNEL_ROWS = 16
 
 
@@ -113,8 +125,11 @@ def peak_scores(
     prior: Tensor | None = None,
     exact_prior: bool = False,
     use_triton: bool | None = None,
-) -> Tensor:
-    """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule.
+    candidates: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Float32 chunk scores ``[B, Hkv, T, N]`` of ``T`` query rows by the ``peak`` rule; with
+    ``candidates`` also the chunks stage 2 rescored, int32 ``[B, Hkv, T, K]`` in position order
+    (``-1`` after them): every other chunk scores below them.
 
     ``head_q [B, Hkv, G, T, D]`` holds each query head's (mean) query of each row; ``k [B, Hkv,
     L, D]`` the keys; ``chunk_means [B, Hkv, N, D]`` (float32) the mean key of every chunk, whose
@@ -140,30 +155,52 @@ def peak_scores(
     without a prior.
     With ``exact_prior`` (the prior is the exact attention of the row's own queries) a chunk's
     final score is also at least its prior.
+
+    ``use_triton`` (None: where :func:`triton_peak_usable`): with at least
+    ``STAGE1_KERNEL_ROWS`` rows the scores come from three launches
+    (:func:`dhsa.methods.triton_peak.peak_scores`, ranking ties broken by position); fewer rows
+    (a decode step) run stage 1 as tensor operations and stage 2 as the kernel.
     """
     batch, kv_heads, group, rows, dim = head_q.shape
     num_chunks = chunk_means.shape[2]
-    lo = chunk_lo[:, None, None, :]
-    hi = chunk_hi[:, None, None, :]
+    cover = CANDIDATE_FACTOR * room
+    most = cover + (0 if prior is None else room)  # the largest cover of any row
+    # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
+    ranked = min(num_chunks, ceil_div(most, max(shortest, 1)) + 3)
+    width = most + longest
     if use_triton is None:
         use_triton = triton_peak_usable(k.device, dim)
-    if use_triton and rows >= STAGE1_KERNEL_ROWS:  # one launch, the logits stay in registers
-        from .triton_peak import chunk_mass
+    if use_triton and rows >= STAGE1_KERNEL_ROWS:  # three launches, no [T, N] tensor passes
+        from . import triton_peak
 
-        stage1, lse = chunk_mass(
-            head_q, chunk_means, chunk_lo, chunk_hi, visible_start, visible_end, scale=scale
+        scores, listed = triton_peak.peak_scores(
+            head_q,
+            k,
+            chunk_means,
+            chunk_lo,
+            chunk_hi,
+            visible_start,
+            visible_end,
+            candidate_lo,
+            candidate_hi,
+            scale=scale,
+            room=room,
+            cover_factor=CANDIDATE_FACTOR,
+            listed=ranked,
+            width=width,
+            prior=prior,
+            exact_prior=exact_prior,
         )
-        lse = lse[..., None]
-    else:
-        lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
-        visible = (lo < visible_end[None, None, :, None]) & (
-            hi > visible_start[None, None, :, None]
-        )
-        visible &= hi > lo
-        coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
-        coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
-        lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
-        stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
+        return (scores, listed) if candidates else scores
+    lo = chunk_lo[:, None, None, :]
+    hi = chunk_hi[:, None, None, :]
+    lengths = (chunk_hi - chunk_lo).clamp(min=1).float()[:, None, None, None, :]
+    visible = (lo < visible_end[None, None, :, None]) & (hi > visible_start[None, None, :, None])
+    visible &= hi > lo
+    coarse = scale * (head_q @ chunk_means[:, :, None].transpose(-1, -2))  # [B, Hkv, G, T, N]
+    coarse = coarse.masked_fill(~visible[:, :, None], -torch.inf)
+    lse = torch.logsumexp(coarse + lengths.log(), dim=-1, keepdim=True)  # [B, Hkv, G, T, 1]
+    stage1 = (coarse - lse).exp().sum(dim=2)  # [B, Hkv, T, N]
     # Each chunk's part of the candidate region is the same for every head: [B, 1, T, N] tensors
     # (int32: half the bytes), expanded (not copied) where a gather needs the heads.
     cand_lo = torch.maximum(lo, candidate_lo[None, None, :, None]).int()
@@ -172,8 +209,6 @@ def peak_scores(
     cand_lo = cand_lo.expand(-1, kv_heads, -1, -1)
     cost = cost.expand(-1, kv_heads, -1, -1)
     stage1 = stage1.masked_fill(unseen, -torch.inf)
-    cover = CANDIDATE_FACTOR * room
-    most = cover  # the largest cover of any row: a host integer
     rank = stage1
     if prior is not None:
         # The prior's best chunks covering `room` keys come first, on top of stage 1's cover, in
@@ -185,9 +220,6 @@ def peak_scores(
         rank = torch.where(lead, stage1.clamp(min=0) + 1e6, stage1)
         carries = (prior > -torch.inf).any(dim=-1, keepdim=True)  # [B, Hkv, T, 1]
         cover = cover + room * carries.int()
-        most = most + room
-    # Every chunk but the two cut by the candidate region's edges has at least `shortest` keys.
-    ranked = min(num_chunks, ceil_div(most, max(shortest, 1)) + 3)
     best, order = rank.topk(ranked, dim=-1)  # [B, Hkv, T, K]
     size = cost.gather(-1, order)
     before = size.cumsum(-1) - size
@@ -196,13 +228,16 @@ def peak_scores(
     ends = size.cumsum(-1)
     offset = cand_lo.gather(-1, order) - (ends - size)
     queries = head_q.to(k.dtype)
-    width = most + longest
     peak = chunk_peaks(queries, lse[..., 0], k, offset, ends, width, scale, use_triton)
     if prior is not None and exact_prior:
         peak = torch.maximum(peak, prior.gather(-1, order))
     low = stage1.clamp(min=torch.finfo(torch.float32).tiny).log() - 1e4
     low = low.masked_fill(unseen, -torch.inf)
-    return low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+    scores = low.scatter(-1, order, torch.where(chosen, peak, low.gather(-1, order)))
+    if not candidates:
+        return scores
+    listed = torch.where(chosen, order, num_chunks).sort(dim=-1).values
+    return scores, torch.where(listed < num_chunks, listed, -1).int()
 
 
 def triton_peak_usable(device: torch.device, dim: int) -> bool:
@@ -264,12 +299,27 @@ def chunk_peaks(
     return out.scatter_reduce(-1, which, fine, reduce="amax")
 
 
-def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, head_tile: int = 4) -> Tensor:
+def probe_token_scores(
+    q_probe: Tensor,
+    k: Tensor,
+    *,
+    scale: float,
+    head_tile: int = 4,
+    use_triton: bool | None = None,
+) -> Tensor:
     """Float32 ``[B, Hkv, L]``: each key's largest per-token log attention mass under the exact
     attention of the probe queries ``q_probe [B, Hq, P, D]``, the last ``P`` queries up to key
     ``L - 1`` of ``k [B, Hkv, L, D]`` (causal), maximized over the probe queries and the group's
-    heads. One ``[B, head_tile, G, P, L]`` block of logits exists at a time: ``O(P * L)`` work.
+    heads: ``O(P * L)`` work. The tensor operations hold one ``[B, head_tile, G, P, L]`` block
+    of float32 logits at a time; ``use_triton`` (None: where :func:`triton_peak_usable`) runs
+    two launches instead (:func:`dhsa.methods.triton_peak.probe_token_scores`), no logits kept.
     """
+    if use_triton is None:
+        use_triton = triton_peak_usable(k.device, k.shape[-1])
+    if use_triton:
+        from . import triton_peak
+
+        return triton_peak.probe_token_scores(q_probe, k, scale=scale)
     batch, q_heads, probes, dim = q_probe.shape
     kv_heads, length = k.shape[1], k.shape[2]
     group = q_heads // kv_heads

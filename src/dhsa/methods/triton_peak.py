@@ -1,13 +1,20 @@
-"""Stage 2 of the ``peak`` scoring as one Triton launch: each candidate chunk's best key.
+"""The ``peak`` scoring (:func:`dhsa.methods.scoring.peak_scores`) in Triton launches.
 
-A row ``(b, h, t)`` lists its candidate chunks in rank order, their keys laid end to end in the
-row's slots ``[0, ends[-1])``: chunk ``j`` takes slots ``[ends[j] - size[j], ends[j])``, and
-slot ``w`` of chunk ``j`` is key ``offset[j] + w`` (``offset = start - (ends - size)``). One
-program takes ``BLOCK_W`` slots of one row: it finds each slot's chunk by binary search in
-``ends``, loads the keys straight from ``k``, multiplies them with the group's queries on the
-tensor cores, and folds ``max_g (scale * q_g . k - lse_g)`` into its chunk's score with an
-atomic maximum. Only the candidate lists and the scores cross memory: no copy of the keys, no
-per-slot tensor.
+- :func:`chunk_mass` (stage 1): a tile of rows against the chunk means, the logits kept in
+  registers; writes each row's lse and the group's summed per-token mass of every chunk.
+- :func:`peak_scores`: stage 1, then one program per row that takes the candidates by bisection
+  over the masses' order (as the fill takes chunks, :mod:`dhsa.fill.triton_fill`), lists them
+  and writes the row's final scores in place, then stage 2 raising the listed chunks to their
+  best key: three launches, no ``[T, N]`` pass outside them.
+- :func:`chunk_peaks` (stage 2): a row lists its chunks with their keys laid end to end in the
+  row's slots ``[0, ends[-1])``: chunk ``j`` takes slots ``[ends[j] - size[j], ends[j])``, and
+  slot ``w`` of chunk ``j`` is key ``offset[j] + w`` (``offset = start - (ends - size)``). One
+  program takes ``BLOCK_W`` slots of one row: it finds each slot's chunk by binary search in
+  ``ends``, loads the keys straight from ``k``, multiplies them with the group's queries on the
+  tensor cores, and folds ``max_g (scale * q_g . k - lse_g)`` into its chunk's score with an
+  atomic maximum. Only the lists and the scores cross memory: no copy of the keys, no per-slot
+  tensor.
+- :func:`probe_token_scores`: the prompt-end probe's exact attention in two launches.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..fill.triton_fill import order_key
 
 
 @triton.jit
@@ -32,9 +41,11 @@ def _chunk_peak_kernel(
     k_ptr,
     offset_ptr,
     ends_ptr,
+    ids_ptr,
     out_ptr,
     rows,
     chunks,
+    out_cols,
     length,
     scale,
     stride_qb,
@@ -48,11 +59,13 @@ def _chunk_peak_kernel(
     BLOCK_W: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,
     IEEE: tl.constexpr,
+    HAS_IDS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     row = tl.program_id(1)  # t of the tile
     head = tl.program_id(2)  # b * Hkv + h
     base = (head * rows + row).to(tl.int64) * chunks
+    out_base = (head * rows + row).to(tl.int64) * out_cols
     total = tl.load(ends_ptr + base + chunks - 1)
     w = tile * BLOCK_W + tl.arange(0, BLOCK_W)
     live = w < total
@@ -92,7 +105,11 @@ def _chunk_peak_kernel(
     # here (its own last slot, or the tile's or the row's last).
     _, best = tl.associative_scan((which, best), 0, _segment_max)
     last = (w == chunk_end - 1) | (w == tile * BLOCK_W + BLOCK_W - 1) | (w == total - 1)
-    tl.atomic_max(out_ptr + base + which, best, mask=live & last)
+    if HAS_IDS:
+        column = tl.load(ids_ptr + base + which, mask=live & last, other=0)
+    else:
+        column = which
+    tl.atomic_max(out_ptr + out_base + column, best, mask=live & last)
 
 
 def chunk_peaks(
@@ -119,8 +136,18 @@ def chunk_peaks(
     if dim < 16 or dim & (dim - 1):
         raise ValueError(f"the Triton peak kernel needs a power-of-two head size >= 16, got {dim}")
     out = torch.full((batch, kv_heads, rows, chunks), -torch.inf, device=k.device)
-    if out.numel() == 0 or width <= 0:
-        return out
+    _launch_peaks(head_q, lse, k, offset, ends, None, out, width=width, scale=scale)
+    return out
+
+
+def _launch_peaks(head_q, lse, k, offset, ends, ids, out, *, width: int, scale: float) -> None:
+    """Fold each listed chunk's best key (see :func:`chunk_peaks`) into ``out [B, Hkv, T, C]``
+    by an atomic maximum: at column ``ids[j]`` (int32 ``[B, Hkv, T, K]``), or ``j`` when
+    ``ids`` is None."""
+    batch, kv_heads, group, rows, dim = head_q.shape
+    chunks = ends.shape[-1]
+    if out.numel() == 0 or chunks == 0 or width <= 0:
+        return
     queries = head_q.reshape(batch * kv_heads, group, rows, dim)
     if queries.stride(-1) != 1:
         queries = queries.contiguous()
@@ -135,9 +162,11 @@ def chunk_peaks(
         keys,
         offset.to(torch.int64).contiguous(),
         ends.to(torch.int64).contiguous(),
+        ends if ids is None else ids,
         out,
         rows,
         chunks,
+        out.shape[-1],
         k.shape[2],
         float(scale),
         queries.stride(0),
@@ -151,9 +180,9 @@ def chunk_peaks(
         BLOCK_W=block_w,
         SEARCH_STEPS=max(1, chunks.bit_length()),
         IEEE=k.dtype == torch.float32,
+        HAS_IDS=ids is not None,
         num_warps=4,
     )
-    return out
 
 
 @triton.jit(do_not_specialize=["rows", "num_chunks"])
@@ -331,3 +360,336 @@ def chunk_mass(
         num_stages=2 if wide else 3,
     )
     return mass, lse
+
+
+@triton.jit
+def _top_cover(key, size, cover):
+    """Bool mask of the chunks ranked first by ``key`` (descending, ties in position order)
+    while the sizes ranked before them sum to less than ``cover``; chunks of size 0 are never
+    taken. The cut key is found by bisection over the int32 keys (32 rounds)."""
+    total = tl.sum(size, axis=0)
+    if total >= cover:
+        # The largest key k with size(key >= k) >= cover: every chunk above it is taken, none
+        # below it, and the chunks at it in position order while the cover is not reached.
+        low = tl.full([], -(2**31), dtype=tl.int64)
+        high = tl.full([], 2**31 - 1, dtype=tl.int64)
+        for _ in range(32):
+            mid = low + (high - low + 1) // 2
+            above = tl.sum(tl.where(key >= mid.to(tl.int32), size, 0), axis=0)
+            low = tl.where(above >= cover, mid, low)
+            high = tl.where(above >= cover, high, mid - 1)
+        cut = low.to(tl.int32)
+        strict = tl.sum(tl.where(key > cut, size, 0), axis=0)
+        tied = tl.where(key == cut, size, 0)
+        before = tl.cumsum(tied, axis=0) - tied
+        taken = (key > cut) | ((key == cut) & (strict + before < cover))
+    else:
+        taken = key == key
+    return taken & (size > 0)
+
+
+@triton.jit(do_not_specialize=["rows", "num_chunks", "listed", "room"])
+def _choose_kernel(
+    scores_ptr,
+    lo_ptr,
+    hi_ptr,
+    cand_start_ptr,
+    cand_end_ptr,
+    prior_ptr,
+    offset_ptr,
+    ends_ptr,
+    ids_ptr,
+    rows,
+    num_chunks,
+    listed,
+    kv_heads,
+    room,
+    COVER_FACTOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_PRIOR: tl.constexpr,
+    EXACT_PRIOR: tl.constexpr,
+):
+    pid = tl.program_id(0)  # (b * Hkv + h) * T + t
+    t = pid % rows
+    b = (pid // rows // kv_heads).to(tl.int64)
+    row = pid.to(tl.int64) * num_chunks
+    c = tl.arange(0, BLOCK_N)
+    ok = c < num_chunks
+    mass = tl.load(scores_ptr + row + c, mask=ok, other=0.0)
+    chunk_lo = tl.load(lo_ptr + b * num_chunks + c, mask=ok, other=0)
+    chunk_hi = tl.load(hi_ptr + b * num_chunks + c, mask=ok, other=0)
+    start = tl.maximum(chunk_lo, tl.load(cand_start_ptr + t))
+    size = tl.maximum(tl.minimum(chunk_hi, tl.load(cand_end_ptr + t)) - start, 0)
+    size = tl.where(ok, size, 0).to(tl.int32)  # half the registers of int64 in the bisection
+    seen = size > 0
+    cover = COVER_FACTOR * room
+    rank = mass
+    if HAS_PRIOR:
+        prior = tl.load(prior_ptr + row + c, mask=ok, other=float("-inf"))
+        known = prior > float("-inf")
+        lead = _top_cover(order_key(prior), tl.where(known, size, 0), room)
+        rank = tl.where(lead, tl.maximum(mass, 0.0) + 1e6, mass)
+        cover += room * tl.max(known.to(tl.int32), axis=0)
+    taken = _top_cover(order_key(rank), size, cover)
+    low = tl.log(tl.maximum(mass, 1.1754943508222875e-38)) - 1e4
+    final = tl.where(seen, low, float("-inf"))
+    if EXACT_PRIOR:
+        final = tl.where(taken, prior, final)  # stage 2 raises it to the best key
+    else:
+        final = tl.where(taken, float("-inf"), final)
+    tl.debug_barrier()  # every thread has read the row's masses before any overwrites them
+    tl.store(scores_ptr + row + c, final, mask=ok)
+    # The taken chunks in position order, their candidate keys laid end to end; the list's
+    # unused entries end where the last taken chunk does.
+    size = tl.where(taken, size, 0)
+    ends = tl.cumsum(size, axis=0)
+    slot = tl.cumsum(taken.to(tl.int32), axis=0) - 1
+    count = tl.sum(taken.to(tl.int32), axis=0)
+    out = pid.to(tl.int64) * listed
+    keep = taken & (slot < listed)
+    tl.store(offset_ptr + out + slot, start - (ends - size), mask=keep)
+    tl.store(ends_ptr + out + slot, ends, mask=keep)
+    tl.store(ids_ptr + out + slot, c, mask=keep)
+    spare = (c >= count) & (c < listed)
+    tl.store(offset_ptr + out + c, 0, mask=spare)
+    tl.store(ends_ptr + out + c, tl.sum(size, axis=0), mask=spare)
+    tl.store(ids_ptr + out + c, -1, mask=spare)
+
+
+def peak_scores(
+    head_q: Tensor,
+    k: Tensor,
+    chunk_means: Tensor,
+    chunk_lo: Tensor,
+    chunk_hi: Tensor,
+    visible_start: Tensor,
+    visible_end: Tensor,
+    candidate_lo: Tensor,
+    candidate_hi: Tensor,
+    *,
+    scale: float,
+    room: int,
+    cover_factor: int,
+    listed: int,
+    width: int,
+    prior: Tensor | None = None,
+    exact_prior: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The scores of :func:`dhsa.methods.scoring.peak_scores` (same arguments; ``cover_factor``
+    its ``CANDIDATE_FACTOR``) in three launches, float32 ``[B, Hkv, T, N]``, and the chunks
+    stage 2 rescored, int32 ``[B, Hkv, T, listed]`` in position order (``-1`` after them):
+
+    1. :func:`chunk_mass` writes stage 1's masses into the scores tensor;
+    2. one program per row takes the candidates (the prior's lead chunks, then stage 1's best,
+       covering ``cover_factor * room`` keys, ``room`` more in a row that carries a prior) by
+       bisection over the masses' order, lists them in position order (at most ``listed``, a
+       host bound) and overwrites the row with its final scores: ``log(mass) - 1e4`` for the
+       other candidates, ``-inf`` outside the candidate region, and ``-inf`` (with
+       ``exact_prior`` the prior) for the taken chunks;
+    3. :func:`chunk_peaks`' kernel raises each taken chunk's score to its best key, reading
+       ``width`` (a host bound on the listed keys) slots per row.
+
+    Ranking ties are broken by position (the lower chunk index first). Nothing waits for the
+    device.
+    """
+    batch, kv_heads, group, rows, dim = head_q.shape
+    num_chunks = chunk_means.shape[2]
+    scores, lse = chunk_mass(
+        head_q, chunk_means, chunk_lo, chunk_hi, visible_start, visible_end, scale=scale
+    )
+    shape = (batch, kv_heads, rows, listed)
+    offset = torch.empty(shape, dtype=torch.int64, device=k.device)
+    ends = torch.empty_like(offset)
+    ids = torch.empty(shape, dtype=torch.int32, device=k.device)
+    if scores.numel() == 0 or listed == 0:
+        return scores.fill_(-torch.inf), ids.fill_(-1)
+    block_n = max(16, triton.next_power_of_2(num_chunks))
+    _choose_kernel[(batch * kv_heads * rows,)](
+        scores,
+        chunk_lo.to(torch.int64).contiguous(),
+        chunk_hi.to(torch.int64).contiguous(),
+        candidate_lo.to(torch.int64).contiguous(),
+        candidate_hi.to(torch.int64).contiguous(),
+        scores if prior is None else prior.float().contiguous(),
+        offset,
+        ends,
+        ids,
+        rows,
+        num_chunks,
+        listed,
+        kv_heads,
+        room,
+        COVER_FACTOR=cover_factor,
+        BLOCK_N=block_n,
+        HAS_PRIOR=prior is not None,
+        EXACT_PRIOR=prior is not None and exact_prior,
+        num_warps=max(4, min(16, block_n // 1024)),
+    )
+    queries = head_q.to(k.dtype)
+    _launch_peaks(queries, lse, k, offset, ends, ids, scores, width=width, scale=scale)
+    return scores, ids
+
+
+@triton.jit(do_not_specialize=["length", "probes", "split"])
+def _probe_lse_kernel(
+    q_ptr,
+    k_ptr,
+    part_ptr,
+    length,
+    probes,
+    split,
+    scale,
+    stride_qb,
+    stride_qm,
+    stride_kb,
+    stride_kl,
+    GROUP: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    part = tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)  # b * Hkv + h
+    m = block * BLOCK_M + tl.arange(0, BLOCK_M)  # (head of the group, probe query)
+    live = m < GROUP * probes
+    at = length - probes + m % probes  # the query's position: it sees keys up to it
+    d = tl.arange(0, DIM)
+    q = tl.load(
+        q_ptr + head * stride_qb + m[:, None] * stride_qm + d[None, :], mask=live[:, None], other=0
+    )
+    top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_M], tl.float32)
+    for l0 in range(part * split, tl.minimum(part * split + split, length), BLOCK_N):
+        n = l0 + tl.arange(0, BLOCK_N)
+        keys = tl.load(
+            k_ptr + head * stride_kb + n[:, None].to(tl.int64) * stride_kl + d[None, :],
+            mask=n[:, None] < length,
+            other=0,
+        )
+        s = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale
+        s = tl.where((n[None, :] <= at[:, None]) & live[:, None], s, float("-inf"))
+        new_top = tl.maximum(top, tl.max(s, axis=1))
+        safe = tl.where(new_top > float("-inf"), new_top, 0.0)
+        total = total * tl.exp(top - safe) + tl.sum(tl.exp(s - safe[:, None]), axis=1)
+        top = new_top
+    out = part_ptr + (head * tl.num_programs(1) + part) * 2 * GROUP * probes
+    tl.store(out + m, top, mask=live)
+    tl.store(out + GROUP * probes + m, total, mask=live)
+
+
+@triton.jit(do_not_specialize=["length", "probes"])
+def _probe_best_kernel(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    out_ptr,
+    length,
+    probes,
+    scale,
+    stride_qb,
+    stride_qm,
+    stride_kb,
+    stride_kl,
+    GROUP: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)  # b * Hkv + h
+    n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, DIM)
+    keys = tl.load(
+        k_ptr + head * stride_kb + n[:, None].to(tl.int64) * stride_kl + d[None, :],
+        mask=n[:, None] < length,
+        other=0,
+    )
+    best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    for m0 in range(0, GROUP * probes, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        live = m < GROUP * probes
+        q = tl.load(
+            q_ptr + head * stride_qb + m[:, None] * stride_qm + d[None, :],
+            mask=live[:, None],
+            other=0,
+        )
+        lse = tl.load(lse_ptr + head * GROUP * probes + m, mask=live, other=float("inf"))
+        at = length - probes + m % probes
+        s = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale - lse[:, None]
+        s = tl.where((n[None, :] <= at[:, None]) & live[:, None], s, float("-inf"))
+        best = tl.maximum(best, tl.max(s, axis=0))
+    tl.store(out_ptr + head * length + n, best, mask=n < length)
+
+
+def probe_token_scores(q_probe: Tensor, k: Tensor, *, scale: float, split: int = 4096) -> Tensor:
+    """:func:`dhsa.methods.scoring.probe_token_scores` in two launches: float32 ``[B, Hkv, L]``,
+    each key's ``max`` over the probe queries and the group's heads of its log attention mass
+    ``scale * q . k - lse`` (causal: probe ``p`` of ``P`` is the query at key ``L - P + p``).
+
+    ``q_probe [B, Hq, P, D]``, ``k [B, Hkv, L, D]`` of one dtype. The first launch gives each
+    query's ``lse`` over ranges of ``split`` keys (combined here), the second each key's best
+    mass. Half-
+    precision inputs multiply exactly on the tensor cores (float32 sums); float32 inputs take
+    three TF32 products on CUDA and the exact product elsewhere.
+    """
+    batch, q_heads, probes, dim = q_probe.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"the Triton probe kernel needs a power-of-two head size >= 16, got {dim}")
+    best = torch.empty(batch, kv_heads, length, dtype=torch.float32, device=k.device)
+    if best.numel() == 0 or probes == 0:
+        return best.fill_(-torch.inf)
+    # [B * Hkv, G * P, D]: row g * P + p is head g's probe p (a view of q_probe).
+    queries = q_probe.reshape(batch * kv_heads, group * probes, dim)
+    if queries.stride(-1) != 1 or queries.dtype != k.dtype:
+        queries = queries.to(k.dtype).contiguous()
+    keys = k.flatten(0, 1)
+    if keys.stride(-1) != 1:
+        keys = keys.contiguous()
+    rows = group * probes
+    block_m, block_n = 64, 64
+    split = triton.cdiv(split, block_n) * block_n
+    parts = triton.cdiv(length, split)
+    precision = "ieee" if not k.is_cuda else ("tf32x3" if k.dtype == torch.float32 else "tf32")
+    strides = (queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1))
+    part = torch.empty(batch * kv_heads, parts, 2, rows, device=k.device)
+    _probe_lse_kernel[(triton.cdiv(rows, block_m), parts, batch * kv_heads)](
+        queries,
+        keys,
+        part,
+        length,
+        probes,
+        split,
+        float(scale),
+        *strides,
+        GROUP=group,
+        DIM=dim,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PRECISION=precision,
+        num_warps=4,
+    )
+    top, total = part[:, :, 0], part[:, :, 1]
+    peak = top.amax(dim=1, keepdim=True)
+    lse = peak[:, 0] + (total * (top - peak).exp()).sum(dim=1).log()  # [B * Hkv, G * P]
+    _probe_best_kernel[(triton.cdiv(length, block_n), batch * kv_heads)](
+        queries,
+        keys,
+        lse.contiguous(),
+        best,
+        length,
+        probes,
+        float(scale),
+        *strides,
+        GROUP=group,
+        DIM=dim,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PRECISION=precision,
+        num_warps=4,
+    )
+    return best
