@@ -173,7 +173,9 @@ def peak_scores(
     rank = stage1
     if prior is not None:
         # The prior's best chunks covering `room` keys come first, on top of stage 1's cover.
-        p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(dim=-1, descending=True)
+        p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(
+            dim=-1, descending=True, stable=True
+        )
         p_size = cost.gather(-1, p_order)
         p_first = ((p_size.cumsum(-1) - p_size) < room) & (p_best > -torch.inf)
         lead = torch.zeros_like(p_first).scatter(-1, p_order, p_first)
