@@ -53,7 +53,7 @@ def inputs(batch, q_heads, kv_heads, dim, length, seed):
 
 def assert_same_state(step: DecodeStep, session: DecodeSession):
     """The fused state equals the session's chunk table and tracker, slot for slot."""
-    chunks = session._chunks[(0, None)]
+    chunks = session.chunks(0)
     tracker = chunks.tracker
     assert step.lengths.tolist() == [chunks.length] * step.lengths.shape[0]
     assert step.count.tolist() == chunks.count.tolist()
@@ -98,7 +98,7 @@ def run_both(config, *, batch, q_heads, kv_heads, dim, prompt, steps, seed, prio
     if prior:
         session.remember_probe(0, None, q[:, :, prompt - 6 : prompt])
     session.select_spans(q[:, :, prompt - 1 : prompt], k[:, :, :prompt], config, layer=0)
-    step = DecodeStep(session._chunks[(0, None)], k, v, config)
+    step = session.fused_step(k, v, config, layer=0)
     closed = step.count.clone()
     for n in range(prompt + 1, prompt + steps + 1):
         query, keys, values = q[:, :, n - 1 : n], k[:, :, :n], v[:, :, :n]

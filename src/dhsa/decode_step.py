@@ -36,9 +36,6 @@ from .intmath import ceil_div
 from .methods.regions import last_query_regions
 from .methods.scoring import CANDIDATE_FACTOR
 
-# A table slot's end past any key (the open tail's), as in dhsa.decode.
-_PAST_ANY_KEY = 1 << 62
-
 # Chunk slots per program of stage 1.
 STAGE1_BLOCK = 64
 

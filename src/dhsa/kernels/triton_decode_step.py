@@ -25,9 +25,6 @@ import triton.language as tl
 
 from ..fill.triton_fill import order_key
 
-# Order keys of the candidate choice are int64: a lead flag above a float32's order key.
-_LEAD = 1 << 32
-
 
 @triton.jit
 def _cosine_shift(
@@ -444,7 +441,8 @@ def _choose_kernel(
         p_key = tl.where(ranked, order_key(p).to(tl.int64), -(2**31) - 1)
         lead = _covering(p_key, tl.where(ranked, cost, 0).to(tl.int64), room, 36) & ranked
         cover = cover + room
-    key = order_key(stage1).to(tl.int64) + tl.where(lead, _LEAD, 0)
+    # An int64 order: the lead flag (2**32) above the float32's order key.
+    key = order_key(stage1).to(tl.int64) + tl.where(lead, 4294967296, 0)
     key = tl.where(seen, key, -(2**31) - 1)
     chosen = _covering(key, cost.to(tl.int64), cover, 36) & seen
 
