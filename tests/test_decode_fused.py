@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
@@ -166,6 +167,51 @@ def test_fused_step_at_a_covering_budget_is_dense():
         out = step.step(query, k, v)
         dense = dhsa.dense_attention(query, k[:, :, :n], v[:, :, :n])
         torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts tensor calls that wait for the device (as in test_decode_sync.py)."""
+
+    READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "equal", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("scoring,launches", [("peak", 7), ("paper", 5)])
+def test_a_step_launches_the_same_kernels_at_any_length(monkeypatch, scoring, launches):
+    import triton.runtime.interpreter
+    import triton.runtime.jit
+
+    grids = []
+    for cls in (triton.runtime.jit.KernelInterface, triton.runtime.interpreter.InterpretedFunction):
+        original = cls.__dict__.get("__getitem__")
+        if original is not None:
+
+            def counted(self, grid, original=original):
+                grids.append((getattr(self, "__name__", ""), grid))
+                return original(self, grid)
+
+            monkeypatch.setattr(cls, "__getitem__", counted)
+    q, k, v = inputs(1, 4, 2, 16, 200, seed=8)
+    step = DecodeStep.start(k, v, 120, CONFIG.replace(scoring=scoring))
+    closed = step.count.clone()
+    per_step = []
+    for n in range(121, 150):
+        grids.clear()
+        with HostReads() as reads:
+            step.step(q[:, :, n - 1 : n], k, v)
+        assert not reads.calls, f"step to {n} keys read {reads.calls} back"
+        per_step.append(list(grids))
+    assert bool((step.count > closed).all()), "no chunk closed while stepping"
+    assert len(per_step[0]) == launches
+    assert all(launched == per_step[0] for launched in per_step)
 
 
 def test_fused_step_checks_its_inputs():
