@@ -367,6 +367,32 @@ class DecodeSession:
         """The boundaries (closed ones and the current length) the last step of ``layer`` used."""
         return self._trackers[self._tracker_key(layer, row, shared)].boundaries()
 
+    def chunks(self, layer: int, row: int | None = None) -> ChunkSums:
+        """The chunk table the last step of ``layer`` used (KeyError before any step)."""
+        return self._chunks[(layer, row)]
+
+    def fused_step(
+        self,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        config: DHSAConfig,
+        *,
+        layer: int,
+        row: int | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+    ):
+        """A :class:`dhsa.decode_step.DecodeStep` continuing ``layer``'s state over the static
+        cache ``k_cache, v_cache [B, Hkv, L_max, D]`` (whose first keys the last step of
+        :meth:`select_spans` read): on CUDA with the ``similarity`` or ``fixed`` chunker, the
+        fixed launches of one step, capturable in a CUDA graph. The step keeps its own copy of
+        the state; this session's stays where it is."""
+        from .decode_step import DecodeStep
+
+        return DecodeStep(
+            self.chunks(layer, row), k_cache, v_cache, config, scale=scale, softcap=softcap
+        )
+
     @staticmethod
     def _tracker_key(layer: int, row: int | None, shared: bool) -> tuple:
         return ("shared", row) if shared else (layer, row)

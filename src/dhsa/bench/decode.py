@@ -8,6 +8,11 @@ attends them. Timed per step over consecutive tokens, so the incremental state r
 attention reading a paged copy of the cache (pages of ``page_size`` keys in shuffled order, the
 NHD layout of :func:`dhsa.kernels.attend_decode`; ``paged_matches`` says it gave the contiguous
 output). A speedup is recorded only when the sparse output passed the float64 spot check.
+
+On CUDA the fused step (:class:`dhsa.decode_step.DecodeStep`: a fixed handful of Triton launches
+that read the length from the device) is timed too, eager (``dhsa-fused``) and replayed from one
+CUDA graph capture (``dhsa-graph``); ``spans_match`` says whether its last spans are those the
+session selects at the same length.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from tqdm import tqdm
 
 from ..config import DHSAConfig
 from ..decode import DecodeSession
+from ..decode_step import CHUNKERS
 from ..kernels import attend_decode
+from ..layout import Layout
 from .check import spot_check, tolerance
 from .measure import peak_extra_memory, synchronize, time_call
 from .runner import record_header, resolve_device
@@ -100,6 +107,65 @@ def decode_case(
     return record
 
 
+def fused_cases(q, k, v, config: DHSAConfig, steps: int) -> list[dict]:
+    """Per-token time of the fused step over ``k, v [B, Hkv, L + steps, D]`` from length ``L``:
+    eager over the first half of the steps, then one step captured in a CUDA graph and replayed
+    (each replay a new token) over the rest. Each record is checked like :func:`decode_case`'s
+    at its last length, and its spans compared with the session's there."""
+    device = q.device
+    length = k.shape[2] - steps
+    # One chunk table at the prompt: both steps copy it, the session then checks their spans.
+    session = DecodeSession()
+    session.select_spans(q, k[:, :, :length], config, layer=0)
+    eager, graphed = (session.fused_step(k, v, config, layer=0) for _ in "eg")
+    out = torch.empty_like(q)
+    times = []
+    for _ in range(max(steps // 2, 1)):
+        synchronize(device)
+        start = time.perf_counter()
+        eager.step(q, k, v, out)
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    records = [dict(contender="dhsa-fused", step_ms=statistics.median(times[1:] or times))]
+    finals = [(eager, out.clone())]
+
+    replayed = torch.empty_like(q)
+    graphed.step(q, k, v, replayed)  # compiles, allocates
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        graphed.step(q, k, v, replayed)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    replays = max(steps - 2, 1)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    synchronize(device)
+    records.append(
+        dict(contender="dhsa-graph", step_ms=(time.perf_counter() - start) * 1e3 / replays)
+    )
+    finals.append((graphed, replayed))
+    ends = [int(state.lengths[0]) for state, _ in finals]
+    selected = {}
+    for m in range(length + 1, max(ends) + 1):
+        spans = session.select_spans(q, k[:, :, :m], config, layer=0)
+        if m in ends:
+            selected[m] = Layout.from_decode_spans(*spans, m).to_dense_mask()
+    for record, (state, output), n in zip(records, finals, ends, strict=True):
+        keys, values = k[:, :, :n], v[:, :, :n]
+        layout = Layout.from_decode_spans(*state.spans(), n)
+        error = spot_check(q, keys, values, output, layout, samples=1)
+        record.update(
+            selected=float(layout.num_selected().float().mean()),
+            check_rel_error=error,
+            check_passed=error <= tolerance(q.dtype),
+            spans_match=bool(torch.equal(layout.to_dense_mask(), selected[n])),
+        )
+    return records
+
+
 def run_decode_bench(
     *,
     lengths: tuple[int, ...],
@@ -118,10 +184,13 @@ def run_decode_bench(
     config: DHSAConfig | None = None,
     progress: bool = True,
     page_size: int = 16,
+    fused: bool | None = None,
 ) -> dict:
     """Dense vs sparse decode per token at every length, batch and budget; JSON kept current.
 
-    ``page_size`` (0: none) also times each selection's attention over a paged cache."""
+    ``page_size`` (0: none) also times each selection's attention over a paged cache. ``fused``
+    (default: on CUDA with the ``similarity`` or ``fixed`` chunker and at least 3 ``steps``)
+    times the fused step too."""
     device_ = resolve_device(device)
     torch_dtype = getattr(torch, dtype)
     base = (config or DHSAConfig()).replace(min_length=0)
@@ -135,10 +204,12 @@ def run_decode_bench(
         "config": {**dataclasses.asdict(base), "budget": None, "budgets": list(budgets)},
         "records": [],
     }
+    if fused is None:  # a graph replay needs a token of its own past the eager warm-up
+        fused = device_.type == "cuda" and base.chunker in CHUNKERS and steps >= 3
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(
-        total=len(lengths) * len(batches) * (1 + len(budgets)),
+        total=len(lengths) * len(batches) * (1 + len(budgets) * (2 if fused else 1)),
         desc="dhsa decode bench",
         disable=not progress,
     )
@@ -179,6 +250,14 @@ def run_decode_bench(
                     record["speedup"] = dense["median_ms"] / record["step_ms"]
                     record["attend_speedup"] = dense["median_ms"] / record["attend_ms"]
                 document["records"].append(record)
+                bar.update(1)
+                if not fused:
+                    continue
+                for fused_record in fused_cases(q, k, v, case, steps):
+                    fused_record.update(length=length, batch=batch, budget=budget)
+                    if fused_record["check_passed"]:
+                        fused_record["speedup"] = dense["median_ms"] / fused_record["step_ms"]
+                    document["records"].append(fused_record)
                 bar.update(1)
             out_path.write_text(json.dumps(document, indent=1))
             del k, v

@@ -183,7 +183,7 @@ def run_decode(args, preset, config) -> int:
         page_size=args.page_size,
     )
     print(
-        f"{'length':>7} {'batch':>5} {'contender':<8} {'budget':>6} {'ms/token':>9} "
+        f"{'length':>7} {'batch':>5} {'contender':<10} {'budget':>6} {'ms/token':>9} "
         f"{'attend ms':>9} {'paged ms':>9} {'speedup':>7} {'check':>5}"
     )
     for r in document["records"]:
@@ -192,7 +192,7 @@ def run_decode(args, preset, config) -> int:
         paged_ms = f"{r['paged_attend_ms']:.3f}" if "paged_attend_ms" in r else ""
         check = "ok" if r.get("check_passed", True) and r.get("paged_matches", True) else "FAIL"
         print(
-            f"{r['length']:>7} {r['batch']:>5} {r['contender']:<8} {r['budget'] or '-':>6} "
+            f"{r['length']:>7} {r['batch']:>5} {r['contender']:<10} {r['budget'] or '-':>6} "
             f"{r['step_ms']:>9.3f} {attend_ms:>9} {paged_ms:>9} {speedup:>7} {check:>5}"
         )
     print(f"results: {args.out}")

@@ -30,6 +30,7 @@ def _chunk_scores_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
     SQRT_NORM: tl.constexpr,
+    LENGTH_ON_DEVICE: tl.constexpr,
 ):
     row = tl.program_id(0)
     tile = tl.program_id(1)
@@ -55,14 +56,26 @@ def _chunk_scores_kernel(
     # The last slot holds the open tail's key sum: normalize it by the tail's current length.
     first = tl.load(lo + b * slots + offs_s, mask=s_ok, other=0)
     tail = offs_s == slots - 1
-    count = tl.maximum(length - first, 1).to(tl.float32)
+    if LENGTH_ON_DEVICE:  # each row's length, read from the device
+        keys = tl.load(length + b)
+    else:
+        keys = length
+    count = tl.maximum(keys - first, 1).to(tl.float32)
     if SQRT_NORM:
         count = tl.sqrt(count)
     score = tl.where(tail, score / count, score)
     tl.store(scores + row.to(tl.int64) * slots + offs_s, score, mask=s_ok)
 
 
-def chunk_scores_triton(q: Tensor, table: Tensor, lo: Tensor, *, length: int, norm: str) -> Tensor:
+def chunk_scores_triton(
+    q: Tensor,
+    table: Tensor,
+    lo: Tensor,
+    *,
+    length: int | Tensor,
+    norm: str,
+    out: Tensor | None = None,
+) -> Tensor:
     """The scores of :meth:`dhsa.decode.ChunkSums.chunk_scores` in one launch.
 
     Args:
@@ -70,14 +83,19 @@ def chunk_scores_triton(q: Tensor, table: Tensor, lo: Tensor, *, length: int, no
         table: float32 ``[B, Hkv, N, D]`` contiguous chunk table: normalized closed chunks, zero
             unused slots, and in the last slot the open tail's key sum.
         lo: int64 ``[B, N]`` contiguous: each slot's first key (the tail's start in the last).
-        length: keys in the cache (the query is key ``length - 1``).
+        length: keys in the cache (the query is key ``length - 1``): a host integer, or int64
+            ``[B]`` on the device (each row's own, read by the kernel: the launch is then the
+            same at every step).
         norm: ``"sqrt"`` or ``"mean"``, how the tail's sum is normalized.
+        out: float32 ``[B, Hkv, N]`` contiguous buffer to write into; allocated when None.
 
     Returns float32 ``[B, Hkv, N]``: each slot's table row dotted with the group's mean query,
     the tail's divided by the square root (or the number) of its keys.
     """
     batch, kv_heads, slots, dim = table.shape
-    scores = torch.empty(batch, kv_heads, slots, dtype=torch.float32, device=table.device)
+    if out is None:
+        out = torch.empty(batch, kv_heads, slots, dtype=torch.float32, device=table.device)
+    scores = out
     block_d = max(16, triton.next_power_of_2(dim))
     block_s = max(16, min(128, 8192 // block_d))
     _chunk_scores_kernel[(batch * kv_heads, triton.cdiv(slots, block_s))](
@@ -95,6 +113,7 @@ def chunk_scores_triton(q: Tensor, table: Tensor, lo: Tensor, *, length: int, no
         BLOCK_D=block_d,
         BLOCK_S=block_s,
         SQRT_NORM=norm == "sqrt",
+        LENGTH_ON_DEVICE=isinstance(length, Tensor),
         num_warps=4,
     )
     return scores

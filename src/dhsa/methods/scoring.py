@@ -213,7 +213,9 @@ def peak_scores(
     if prior is not None:
         # The prior's best chunks covering `room` keys come first, on top of stage 1's cover, in
         # the rows that carry a prior (any finite value); the other rows rank as without one.
-        p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(dim=-1, descending=True)
+        p_best, p_order = prior.masked_fill(unseen, -torch.inf).sort(
+            dim=-1, descending=True, stable=True
+        )
         p_size = cost.gather(-1, p_order)
         p_first = ((p_size.cumsum(-1) - p_size) < room) & (p_best > -torch.inf)
         lead = torch.zeros_like(p_first).scatter(-1, p_order, p_first)
