@@ -256,8 +256,10 @@ class DecodeStep:
             k_cache,
             self.peak_offset,
             self.peak_ends,
+            self.peak_ends,  # no column ids: list entry j is slot j
             self.scores,
             1,
+            slots,
             slots,
             k_cache.shape[2],
             float(self.scale),
@@ -272,6 +274,7 @@ class DecodeStep:
             BLOCK_W=block_w,
             SEARCH_STEPS=max(1, slots.bit_length()),
             IEEE=k_cache.dtype == torch.float32,
+            HAS_IDS=False,
             num_warps=4,
         )
 
