@@ -92,7 +92,7 @@ def _absorb_kernel(
     cut_scores,
     stats,
     eligible,
-    params,
+    boundary_z,
     regions,
     slots,
     bound_cap,
@@ -154,7 +154,7 @@ def _absorb_kernel(
         )
         mean = total / seen.to(tl.float64)
         spread = tl.maximum(squares / seen.to(tl.float64) - mean * mean, 0.0)
-        threshold = mean + tl.load(params) * tl.sqrt(spread)
+        threshold = mean + tl.load(boundary_z) * tl.sqrt(spread)
         threshold = tl.where(seen == 0, float("inf"), threshold)
         peak = (score >= tl.max(around, axis=0)) & (score > threshold)
         close = close | ((decided >= MIN_CHUNK) & (since >= MIN_CHUNK) & peak)
