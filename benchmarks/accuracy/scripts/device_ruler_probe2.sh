@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine, after the carried folders were copied to /tmp/carry (as for
-# device_selection.sh): the second part of the accuracy grid of device_ruler_probe.sh, whose
-# first run lost every dhsa cell to a shared-memory error of the stage-1 kernel at gemma3's
-# head size 256 (fixed since; the peak kernel tests guard this run). Its oracle_topk, hip and
+# device_selection.sh): the second part of the accuracy grid of
+# benchmarks/archive/accuracy/device_ruler_probe.sh, whose run lost every dhsa cell to a
+# shared-memory error of the stage-1 kernel at gemma3's head size 256 (fixed since; the peak
+# kernel tests guard this run). Its oracle_topk, hip and
 # dash cells at 4K and 8K stand; this part runs, on the same seed 1 prompts:
 #  - RULER on gemma3: dense, vertical_slash, block_sparse, the paper rule and dhsa at 4K and 8K
 #    (5 samples) and with oracle_topk at 16K and 32K (3 samples), budget 2048;
-#  - NIAH on gemma3 at budget 1024 and the top-k key recall at 8K, as device_ruler_probe.sh.
+#  - NIAH on gemma3 at budget 1024 and the top-k key recall at 8K, as that script.
 source "$(dirname "$0")/device_gemma3_env.sh"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/test_triton_peak.py 2>&1 | tail -n 3
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "peak kernel tests failed: no grid"; exit 1; }

@@ -2,12 +2,7 @@
 # On the GPU machine, from the repository root, with .carry/w carried: the decode step's sync
 # test, the profile of one decode step by scoring (profile_decode.py) and the decode bench with
 # the paper scoring beside the peak run of device_session.sh.
-set -uo pipefail
-mkdir -p /tmp/carry /tmp/site && cp -r .carry/w/* /tmp/carry/ 2>/dev/null
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  /tmp/carry/pytest-*.whl /tmp/carry/pluggy-*.whl /tmp/carry/iniconfig-*.whl
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 timeout 60 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_decode_sync.py \
   > "$OUT/tests_sync.log" 2>&1; tail -n 3 "$OUT/tests_sync.log"
 timeout 60 python3 benchmarks/gpu/scripts/profile_decode.py 131072 2>&1 | grep -v Warning \

@@ -2,12 +2,7 @@
 # On the GPU machine, from the repository root, with the wheels folder (device_gemma3_parts.sh's
 # .carry/w) carried: the selection and kernel tests on the device, then the selection cost of
 # both scorings with the profile of one peak selection (selection_cost.py --profile).
-set -uo pipefail
-mkdir -p /tmp/carry /tmp/site && cp -r .carry/w/* /tmp/carry/ 2>/dev/null
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  /tmp/carry/pytest-*.whl /tmp/carry/pluggy-*.whl /tmp/carry/iniconfig-*.whl
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 timeout ${TEST_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider --tb=short ${TESTS:-tests/test_triton_peak.py \
   tests/test_peak.py tests/test_fill.py tests/test_triton.py tests/test_decode.py tests/test_attention.py} \
   > "$OUT/tests.log" 2>&1; tail -n 8 "$OUT/tests.log"

@@ -5,12 +5,7 @@
 # stages at 32K and 128K, a one-step profile of the fused decode step at 128K (batch 1 and 8) and
 # the decode bench (32K/128K, batch 1/8/32). Each step has its own time limit and writes into
 # $OUT as it goes.
-set -uo pipefail
-mkdir -p /tmp/carry /tmp/site && cp -r .carry/w/* /tmp/carry/ 2>/dev/null
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  /tmp/carry/pytest-*.whl /tmp/carry/pluggy-*.whl /tmp/carry/iniconfig-*.whl
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } > "$OUT/device.txt"
 timeout ${TEST_LIMIT:-110} python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=line \

@@ -4,13 +4,8 @@
 # the device, then the selection cost with its stages (selection_cost.py), the per-layer decode
 # step (dhsa bench --decode --preset gpu-decode) and the whole-model decode on a static cache.
 # Each step has its own time limit and writes into $OUT as it goes.
-set -uo pipefail
-mkdir -p /tmp/carry /tmp/site && cp -r .carry/w/* /tmp/carry/ 2>/dev/null
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  /tmp/carry/pytest-*.whl /tmp/carry/pluggy-*.whl /tmp/carry/iniconfig-*.whl \
-  /tmp/carry/transformers-*.whl /tmp/carry/regex-*.whl
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; mkdir -p "$OUT"
+EXTRA_WHEELS="transformers regex"
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/device.txt"
 python3 -c 'import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)' >> "$OUT/device.txt"
 timeout ${TEST_LIMIT:-120} python3 -m pytest -q -p no:cacheprovider --tb=short ${TESTS:-tests/test_triton_peak.py \
